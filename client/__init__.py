@@ -1,0 +1,1 @@
+"""sealog client: everything a party needs to trust the log without trusting the server."""

@@ -1,0 +1,131 @@
+"""The errors sealog raises.
+
+Every failure a caller may need to act on is a subclass of :class:`SealogError`.
+Verification never answers with a bool: a check that fails raises a
+:class:`VerificationError` that carries what was expected and what was computed,
+so the caller can print it, store it or publish it as evidence.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sealog.client.checkpoint import Checkpoint
+
+__all__ = [
+    "CheckpointFormatError",
+    "FormatError",
+    "InconsistentCheckpointsError",
+    "InvalidProofError",
+    "InvalidSignatureError",
+    "KeyFormatError",
+    "LeafFormatError",
+    "NoteFormatError",
+    "RootMismatchError",
+    "SealogError",
+    "UnverifiedNoteError",
+    "VerificationError",
+]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class SealogError(Exception):
+    """Base class of every error sealog raises on purpose."""
+
+    def diagnostics(self) -> str:
+        """A longer text for a person: what went wrong and what to do about it."""
+        return str(self)
+
+
+class FormatError(SealogError, ValueError):
+    """Bytes or text that do not follow the format they claim to be in."""
+
+
+class NoteFormatError(FormatError):
+    """A signed note that C2SP signed-note forbids (layout, characters, signature lines)."""
+
+
+class CheckpointFormatError(FormatError):
+    """A checkpoint body that C2SP tlog-checkpoint forbids."""
+
+
+class KeyFormatError(FormatError):
+    """A signer or verifier key string that cannot be parsed."""
+
+
+class LeafFormatError(FormatError):
+    """Leaf bytes that are not a valid sealog leaf."""
+
+
+class VerificationError(SealogError):
+    """Something the caller was asked to trust did not verify."""
+
+
+class InvalidProofError(VerificationError):
+    """A proof whose shape is wrong before any hashing: bad sizes, indices or lengths."""
+
+
+class RootMismatchError(VerificationError):
+    """A proof, recomputed, does not lead to the root it was checked against."""
+
+    def __init__(self, what: str, expected: bytes, calculated: bytes) -> None:
+        self.what = what
+        self.expected = expected
+        self.calculated = calculated
+        super().__init__(f"{what}: calculated root {_b64(calculated)}, expected {_b64(expected)}")
+
+
+class InvalidSignatureError(VerificationError):
+    """A signature made by a known key did not verify."""
+
+    def __init__(self, name: str, key_hash: int) -> None:
+        self.name = name
+        self.key_hash = key_hash
+        super().__init__(f"invalid signature for key {name}+{key_hash:08x}")
+
+
+class UnverifiedNoteError(VerificationError):
+    """A note carries no signature from any of the verifiers the caller trusts."""
+
+    def __init__(self, note: bytes, detail: str = "note has no verifiable signatures") -> None:
+        self.note = note
+        super().__init__(detail)
+
+    def diagnostics(self) -> str:
+        return (
+            f"{self}. Check that the verifier key you pass is the log's key "
+            "(or the witness keys your policy names)."
+        )
+
+
+class InconsistentCheckpointsError(VerificationError):
+    """Two signed checkpoints of the same log that cannot both be true.
+
+    Carries both signed notes and the consistency proof that failed, so that a
+    monitor can publish them: anyone with the log's public key can re-check it.
+    """
+
+    def __init__(
+        self,
+        old: Checkpoint,
+        new: Checkpoint,
+        proof: Sequence[bytes],
+        reason: str,
+        old_note: bytes = b"",
+        new_note: bytes = b"",
+    ) -> None:
+        self.old = old
+        self.new = new
+        self.proof = tuple(proof)
+        self.reason = reason
+        self.old_note = old_note
+        self.new_note = new_note
+        super().__init__(
+            f"checkpoint {new.size} is not consistent with trusted checkpoint {old.size}: {reason}"
+        )

@@ -1,0 +1,101 @@
+"""The sealog leaf: the exact bytes hashed into the tree (docs/leaf-format.md).
+
+Version 1, all integers big-endian::
+
+    offset  size  field
+    0       1     version          0x01
+    1       8     accepted_at_ms   uint64: the server's clock when it accepted
+                                   the entry, milliseconds since the Unix epoch
+    9       2     identity_length  uint16: 0..MAX_IDENTITY_BYTES
+    11      n     identity         UTF-8: the authenticated submitter, as the
+                                   server established it ("" when the log
+                                   runs without authentication)
+    11+n    4     payload_length   uint32: 0..MAX_PAYLOAD_BYTES
+    15+n    m     payload          the client's bytes, exactly as sent
+
+Nothing may follow the payload. The leaf hash is RFC 6962's
+``SHA-256(0x00 || leaf)``. Everything the server vouches for is inside the
+leaf, so it is as tamper-evident as the payload.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from sealog.client.errors import LeafFormatError
+from sealog.client.hashing import leaf_hash
+
+__all__ = ["LEAF_VERSION", "MAX_IDENTITY_BYTES", "MAX_PAYLOAD_BYTES", "Leaf"]
+
+LEAF_VERSION = 1
+MAX_IDENTITY_BYTES = 1024
+MAX_PAYLOAD_BYTES = (1 << 32) - 1
+_HEAD = struct.Struct(">BQH")
+_LEN = struct.Struct(">I")
+_MAX_MS = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """A parsed version-1 leaf. Construct with :meth:`parse` or build with :meth:`to_bytes`."""
+
+    accepted_at_ms: int
+    identity: str
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.accepted_at_ms <= _MAX_MS:
+            raise LeafFormatError(f"accepted_at_ms: {self.accepted_at_ms}, want 0..2^64-1")
+        if len(self.identity.encode("utf-8")) > MAX_IDENTITY_BYTES:
+            raise LeafFormatError(f"identity: longer than {MAX_IDENTITY_BYTES} bytes")
+        if len(self.payload) > MAX_PAYLOAD_BYTES:
+            raise LeafFormatError(f"payload: longer than {MAX_PAYLOAD_BYTES} bytes")
+
+    def to_bytes(self) -> bytes:
+        """Encode the leaf: the one deterministic byte string for these values."""
+        ident = self.identity.encode("utf-8")
+        return b"".join(
+            (
+                _HEAD.pack(LEAF_VERSION, self.accepted_at_ms, len(ident)),
+                ident,
+                _LEN.pack(len(self.payload)),
+                self.payload,
+            )
+        )
+
+    def leaf_hash(self) -> bytes:
+        """Return the RFC 6962 leaf hash of :meth:`to_bytes`."""
+        return leaf_hash(self.to_bytes())
+
+    @classmethod
+    def parse(cls, data: bytes) -> Leaf:
+        """Parse leaf bytes strictly; raise :class:`LeafFormatError` saying what is wrong.
+
+        ``Leaf.parse(b).to_bytes() == b`` for every ``b`` this accepts.
+        """
+        if len(data) < _HEAD.size:
+            raise LeafFormatError(
+                f"leaf: {len(data)} bytes, shorter than the {_HEAD.size}-byte header"
+            )
+        version, accepted_at_ms, ident_len = _HEAD.unpack_from(data, 0)
+        if version != LEAF_VERSION:
+            raise LeafFormatError(f"leaf: version {version}, want {LEAF_VERSION}")
+        if ident_len > MAX_IDENTITY_BYTES:
+            raise LeafFormatError(
+                f"leaf: identity_length {ident_len}, want <= {MAX_IDENTITY_BYTES}"
+            )
+        pos = _HEAD.size + ident_len
+        if len(data) < pos + _LEN.size:
+            raise LeafFormatError("leaf: truncated before payload_length")
+        try:
+            identity = data[_HEAD.size : pos].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise LeafFormatError(f"leaf: identity is not UTF-8: {e}") from None
+        (payload_len,) = _LEN.unpack_from(data, pos)
+        pos += _LEN.size
+        if len(data) != pos + payload_len:
+            raise LeafFormatError(
+                f"leaf: payload_length {payload_len}, but {len(data) - pos} bytes follow"
+            )
+        return cls(accepted_at_ms, identity, bytes(data[pos:]))

@@ -1,0 +1,158 @@
+"""Which tree nodes an RFC 6962 proof is made of: the prover's side.
+
+A tree stores the hashes of its *perfect* subtrees only: the node at ``level``
+and ``index`` covers leaves ``[index << level, (index + 1) << level)``. For a
+tree of size 6 that is::
+
+              (2,0)                 level 2: leaves 0-3
+          /          \\
+       (1,0)        (1,1)     (1,2) level 1
+       /   \\        /   \\      /  \\
+    (0,0) (0,1)  (0,2) (0,3) (0,4) (0,5)
+
+The root of the size-6 tree, ``MTH(D[0:6]) = H((2,0), (1,2))``, is not a
+perfect subtree, so it is never stored. Every element of an inclusion or
+consistency proof (RFC 6962 §2.1.1 ``PATH`` and §2.1.2 ``PROOF``) is the hash of
+a subtree ``D[begin:end]``; this module names, for each element, the perfect
+subtrees that subtree splits into. A prover reads those O(log n) stored hashes
+and folds each group with :func:`fold_subtree`; only the right edge of the tree
+ever needs more than one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sealog.client.errors import InvalidProofError
+from sealog.client.hashing import node_hash
+
+__all__ = [
+    "NodeID",
+    "consistency_proof_nodes",
+    "fold_subtree",
+    "inclusion_proof_nodes",
+    "largest_power_of_two_below",
+    "subtree_nodes",
+]
+
+MAX_TREE_SIZE = 1 << 63
+"""Sizes and indices are unsigned 64-bit on the wire; we keep them below 2^63."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class NodeID:
+    """A perfect subtree: ``2**level`` leaves starting at leaf ``index << level``."""
+
+    level: int
+    index: int
+
+    @property
+    def begin(self) -> int:
+        """The first leaf under this node."""
+        return self.index << self.level
+
+    @property
+    def end(self) -> int:
+        """One past the last leaf under this node."""
+        return (self.index + 1) << self.level
+
+
+def largest_power_of_two_below(n: int) -> int:
+    """Return ``k``, the largest power of two with ``k < n`` (RFC 6962 §2.1). Needs n > 1."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def subtree_nodes(begin: int, end: int) -> tuple[NodeID, ...]:
+    """Split ``D[begin:end]`` into perfect subtrees, largest (leftmost) first.
+
+    Precondition: ``D[begin:end]`` is a subtree RFC 6962's split produces, i.e.
+    ``begin`` is a multiple of the largest power of two ``>= end - begin``. The
+    sizes of the parts are then the set bits of ``end - begin``, high to low.
+    """
+    nodes: list[NodeID] = []
+    size = end - begin
+    while size:
+        level = size.bit_length() - 1
+        nodes.append(NodeID(level, begin >> level))
+        begin += 1 << level
+        size -= 1 << level
+    return tuple(nodes)
+
+
+def fold_subtree(hashes: Sequence[bytes]) -> bytes:
+    """Hash the perfect subtrees of :func:`subtree_nodes`, given in its order.
+
+    ``MTH`` splits a non-perfect subtree into a perfect left part and the rest,
+    so its hash is a right fold: ``H(p0, H(p1, ... H(p[n-2], p[n-1])))``.
+    """
+    if not hashes:
+        raise ValueError("fold_subtree needs at least one hash")
+    acc = hashes[-1]
+    for h in reversed(hashes[:-1]):
+        acc = node_hash(h, acc)
+    return acc
+
+
+def _check_size(name: str, value: int) -> None:
+    if not 0 <= value < MAX_TREE_SIZE:
+        raise InvalidProofError(f"{name}: {value}, want 0 <= {name} < 2^63")
+
+
+def inclusion_proof_nodes(index: int, size: int) -> list[tuple[NodeID, ...]]:
+    """Name the nodes of the inclusion proof ``PATH(index, D[0:size])`` (RFC 6962 §2.1.1).
+
+    Returns one group of perfect subtrees per proof element, leaf end first,
+    which is the order RFC 9162 §2.1.3.2 verifies in.
+    Raises :class:`InvalidProofError` unless ``0 <= index < size``.
+    """
+    _check_size("size", size)
+    if not 0 <= index < size:
+        raise InvalidProofError(f"index: {index}, want 0 <= index < size {size}")
+    siblings: list[tuple[NodeID, ...]] = []
+    begin, end = 0, size
+    # Walk down from the root; at each split the sibling of the side holding
+    # the leaf is one proof element. The walk meets them root end first.
+    while end - begin > 1:
+        mid = begin + largest_power_of_two_below(end - begin)
+        if index < mid:
+            siblings.append(subtree_nodes(mid, end))
+            end = mid
+        else:
+            siblings.append(subtree_nodes(begin, mid))
+            begin = mid
+    siblings.reverse()
+    return siblings
+
+
+def consistency_proof_nodes(size1: int, size2: int) -> list[tuple[NodeID, ...]]:
+    """Name the nodes of the consistency proof ``PROOF(size1, D[0:size2])`` (RFC 6962 §2.1.2).
+
+    Returns one group of perfect subtrees per proof element, in proof order.
+    The proof between equal sizes is empty. ``size1 == 0`` is rejected, as
+    golang.org/x/mod/sumdb/tlog does: every tree is consistent with the empty
+    one, so such a proof proves nothing.
+    Raises :class:`InvalidProofError` unless ``0 < size1 <= size2``.
+    """
+    _check_size("size2", size2)
+    if not 0 < size1 <= size2:
+        raise InvalidProofError(f"size1: {size1}, want 0 < size1 <= size2 {size2}")
+    if size1 == size2:
+        return []
+    siblings: list[tuple[NodeID, ...]] = []
+    begin, end, m = 0, size2, size1
+    complete = True  # SUBPROOF's b: is D[begin:end] still the whole old tree's right edge?
+    # SUBPROOF(m, D[begin:end], b) recursion, unrolled; m is relative to begin.
+    while m != end - begin:
+        k = largest_power_of_two_below(end - begin)
+        if m <= k:
+            siblings.append(subtree_nodes(begin + k, end))
+            end = begin + k
+        else:
+            siblings.append(subtree_nodes(begin, begin + k))
+            begin += k
+            m -= k
+            complete = False
+    proof: list[tuple[NodeID, ...]] = [] if complete else [subtree_nodes(begin, end)]
+    proof.extend(reversed(siblings))
+    return proof
