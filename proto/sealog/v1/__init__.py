@@ -1,0 +1,1 @@
+"""Generated protocol buffer code for the sealog v1 API."""

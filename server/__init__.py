@@ -1,0 +1,1 @@
+"""sealog server: storage, sequencer, proof builder and gRPC service."""

@@ -1,0 +1,43 @@
+"""Server settings: limits on what a client may send, and the sequencer's batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every bound the server enforces; the defaults suit one machine."""
+
+    max_entry_bytes: int = 64 * 1024
+    """Largest payload of one entry (RESOURCE_EXHAUSTED above)."""
+    max_request_entries: int = 1000
+    """Most entries in one Append request (INVALID_ARGUMENT above)."""
+    max_message_bytes: int = 80 * 1024 * 1024
+    """Largest gRPC message the server receives or sends."""
+    max_idempotency_key_bytes: int = 128
+    """Longest idempotency key."""
+    max_page_size: int = 1000
+    """Most leaves in one GetEntries page."""
+    default_page_size: int = 256
+    """Leaves per GetEntries page when the request does not say."""
+    max_entries_per_request_range: int = 1_000_000
+    """Most leaves one GetEntries call may ask for."""
+    batch_max_entries: int = 10_000
+    """Most entries the sequencer writes in one durable commit (group commit)."""
+    batch_max_wait_ms: float = 0.0
+    """How long the sequencer waits for more requests once one is queued. 0 commits
+    whatever is queued at once; appends that arrive during a commit form the next batch."""
+    max_queued_entries: int = 200_000
+    """Entries waiting for the sequencer before Append answers RESOURCE_EXHAUSTED."""
+    append_timeout_s: float = 30.0
+    """How long an Append waits for its commit before answering UNAVAILABLE."""
+    max_workers: int = 128
+    """Threads serving RPCs."""
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 0 or (value == 0 and name != "batch_max_wait_ms"):
+                raise ValueError(f"Settings.{name}: {value}, want > 0")

@@ -1,0 +1,38 @@
+"""Domain errors of the log server; the servicer maps each to one gRPC status code."""
+
+from __future__ import annotations
+
+from sealog.client.errors import SealogError
+
+__all__ = [
+    "InvalidArgumentError",
+    "LogError",
+    "NotFoundError",
+    "OutOfRangeError",
+    "ResourceExhaustedError",
+    "UnavailableError",
+]
+
+
+class LogError(SealogError):
+    """A request the log cannot serve, for a reason the client can act on."""
+
+
+class InvalidArgumentError(LogError):
+    """A request field breaks a rule; the message names the field, the value and the rule."""
+
+
+class OutOfRangeError(LogError):
+    """A tree size or index the log has not reached (yet)."""
+
+
+class NotFoundError(LogError):
+    """Nothing in the log matches (an unknown leaf hash)."""
+
+
+class ResourceExhaustedError(LogError):
+    """A size limit or the sequencer's queue is exceeded; the message says the limit."""
+
+
+class UnavailableError(LogError):
+    """The log cannot take the request now (storage full, shutting down); retry later."""

@@ -1,0 +1,125 @@
+"""What the log needs from storage: read snapshots and atomic, durable write batches.
+
+The tree is stored as the hashes of its perfect subtrees. When leaf ``i`` is
+appended it completes the node at level 0 (its own leaf hash) and one node at
+each level ``L`` for which the low ``L`` bits of ``i`` are all ones; those
+hashes are stored together under leaf ``i``. The node at ``(level, index)``
+therefore lives in the record of leaf ``((index + 1) << level) - 1`` at
+offset ``level * 32`` (see :func:`hash_location`).
+
+The signed checkpoint is written in the same batch as the leaves it covers,
+so a snapshot's checkpoint always describes exactly the tree it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from sealog.client.errors import SealogError
+from sealog.client.proof import NodeID
+
+__all__ = [
+    "ReadSnapshot",
+    "RetryBatchError",
+    "Storage",
+    "StorageCorruptError",
+    "StorageUnavailableError",
+    "WriteBatch",
+    "hash_location",
+]
+
+
+class StorageUnavailableError(SealogError):
+    """Storage cannot take writes right now (disk full, I/O error); nothing was written."""
+
+
+class StorageCorruptError(SealogError):
+    """Storage holds something it should not: a missing record or a malformed value."""
+
+
+class RetryBatchError(SealogError):
+    """The write batch was not stored for a passing reason (the map grew): run it again."""
+
+
+def hash_location(node: NodeID) -> tuple[int, int]:
+    """Return ``(leaf index of the record, byte offset in it)`` that hold ``node``'s hash."""
+    return ((node.index + 1) << node.level) - 1, node.level * 32
+
+
+class ReadSnapshot(Protocol):
+    """A consistent view of the log at one moment (one read transaction)."""
+
+    def checkpoint(self) -> bytes | None:
+        """The latest signed checkpoint note, or None for a log never written."""
+        ...
+
+    def read_hashes(self, nodes: Sequence[NodeID]) -> list[bytes]:
+        """The stored hashes of perfect subtrees; :class:`StorageCorruptError` if one is missing."""
+        ...
+
+    def leaf(self, index: int) -> bytes:
+        """The leaf bytes at ``index``; :class:`StorageCorruptError` if missing."""
+        ...
+
+    def leaves(self, start: int, end: int) -> Iterator[bytes]:
+        """The leaves ``[start, end)`` in order."""
+        ...
+
+    def find_leaf_hash(self, leaf_hash: bytes, below: int) -> int | None:
+        """The smallest index ``< below`` whose leaf hash is ``leaf_hash``, if any."""
+        ...
+
+    def find_idempotency(self, key_digest: bytes) -> int | None:
+        """The index recorded for an idempotency key digest, if any."""
+        ...
+
+    def meta(self, key: bytes) -> bytes | None:
+        """A value from the metadata table."""
+        ...
+
+    def stored_size(self) -> int:
+        """How many leaves are stored (one past the highest leaf index), from the records."""
+        ...
+
+
+class WriteBatch(ReadSnapshot, Protocol):
+    """A write transaction: its reads see its own writes; it commits all or nothing."""
+
+    def append_leaf(self, index: int, leaf: bytes, node_hashes: Sequence[bytes]) -> None:
+        """Store leaf ``index`` (which must be the next one) and the hashes it completes."""
+        ...
+
+    def put_idempotency(self, key_digest: bytes, index: int) -> None:
+        """Record that an idempotency key digest maps to leaf ``index``."""
+        ...
+
+    def set_checkpoint(self, note: bytes) -> None:
+        """Store the signed checkpoint for the tree this batch leaves behind."""
+        ...
+
+    def set_meta(self, key: bytes, value: bytes) -> None:
+        """Store a metadata value."""
+        ...
+
+
+class Storage(Protocol):
+    """A log's durable state."""
+
+    def read(self) -> AbstractContextManager[ReadSnapshot]:
+        """Open a read snapshot; it never blocks the writer."""
+        ...
+
+    def write(self) -> AbstractContextManager[WriteBatch]:
+        """Open the write batch; it commits durably when the block exits without error.
+
+        Raises :class:`StorageUnavailableError` if the commit fails, and
+        :class:`RetryBatchError` if it should simply be run again; either way
+        nothing of the batch is stored.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the storage."""
+        ...
