@@ -230,9 +230,13 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_prove(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        cp = client.checkpoint()
-        if args.tree_size is not None:
-            cp = _checkpoint_of_size(client, cp, args.tree_size)
+        cp = (
+            open_checkpoint(
+                Path(args.checkpoint).read_bytes(), client.verifier, origin=client.origin
+            )
+            if args.checkpoint
+            else client.checkpoint()
+        )
         if args.index is not None:
             entry, proof = client.entry_and_proof(args.index, cp)
             obj = {**_proof_json(proof), "entry": _leaf_json(entry.index, entry.leaf)}
@@ -249,15 +253,6 @@ def cmd_prove(args: argparse.Namespace) -> int:
         )
         _emit(args, obj, text)
     return 0
-
-
-def _checkpoint_of_size(client: LogClient, latest: SignedCheckpoint, size: int) -> SignedCheckpoint:
-    if size != latest.checkpoint.size:
-        raise SealogError(
-            f"--tree-size {size}: only the latest signed checkpoint (size "
-            f"{latest.checkpoint.size}) is available to prove against"
-        )
-    return latest
 
 
 def cmd_consistency(args: argparse.Namespace) -> int:
@@ -406,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--index", type=int, help="the entry's leaf index")
     g.add_argument("--leaf-hash", help="the entry's RFC 6962 leaf hash, hex")
-    p.add_argument("--tree-size", type=int, help="prove against this tree size (default: latest)")
+    p.add_argument(
+        "--checkpoint",
+        help="prove against this saved signed checkpoint (default: the latest checkpoint)",
+    )
     _client_options(p)
     p.set_defaults(func=cmd_prove)
 
