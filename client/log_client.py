@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
-from sealog.client.errors import InconsistentCheckpointsError, VerificationError
+from sealog.client.errors import FormatError, InconsistentCheckpointsError, VerificationError
 from sealog.client.hashing import leaf_hash as rfc6962_leaf_hash
 from sealog.client.leaf import Leaf
 from sealog.client.note import Ed25519Verifier, NoteVerifier
@@ -90,7 +90,7 @@ class Receipt:
         """Re-check everything offline: the checkpoint signature and the inclusion proof."""
         signed = open_checkpoint(self.checkpoint.note, verifier)
         cp = signed.checkpoint
-        Leaf.parse(self.leaf)
+        _parse_leaf(self.leaf)
         verify_inclusion(
             self.index, cp.size, rfc6962_leaf_hash(self.leaf), self.inclusion_proof, cp.root_hash
         )
@@ -191,7 +191,10 @@ class LogClient:
         cached = self._last_note
         if cached is not None and cached[0] == note:
             return cached[1]
-        signed = open_checkpoint(note, self.verifier, origin=self.origin)
+        try:
+            signed = open_checkpoint(note, self.verifier, origin=self.origin)
+        except FormatError as e:
+            raise VerificationError(f"the log answered a malformed checkpoint: {e}") from e
         self._last_note = (note, signed)
         return signed
 
@@ -239,7 +242,7 @@ class LogClient:
         new_hashes: list[bytes] = []
         start, end = response.start, response.end
         for i, (e, payload) in enumerate(zip(response.entries, payloads, strict=True)):
-            leaf = Leaf.parse(e.leaf)
+            leaf = _parse_leaf(e.leaf)
             if leaf.payload != payload:
                 raise VerificationError(
                     f"entry {i}: the log answered a leaf with another payload"
@@ -355,7 +358,7 @@ class LogClient:
             self._stub.GetEntryAndProof,
             log_pb2.GetEntryAndProofRequest(leaf_index=index, tree_size=cp.size),
         )
-        Leaf.parse(response.leaf)
+        _parse_leaf(response.leaf)
         lh = rfc6962_leaf_hash(response.leaf)
         verify_inclusion(index, cp.size, lh, response.inclusion_proof, cp.root_hash)
         return Entry(index, response.leaf), InclusionProof(
@@ -387,7 +390,7 @@ class LogClient:
                     f"want a page at {expected}"
                 )
             for leaf in page.leaves:
-                Leaf.parse(leaf)
+                _parse_leaf(leaf)
             verify_range(
                 page.start,
                 [rfc6962_leaf_hash(leaf) for leaf in page.leaves],
@@ -401,6 +404,14 @@ class LogClient:
             expected += len(page.leaves)
         if expected != end:
             raise VerificationError(f"GetEntries stopped at {expected}, want {end}")
+
+
+def _parse_leaf(data: bytes) -> Leaf:
+    """Parse a leaf the log sent; a malformed one is the log's failure to verify."""
+    try:
+        return Leaf.parse(data)
+    except FormatError as e:
+        raise VerificationError(f"the log answered a malformed leaf: {e}") from e
 
 
 def _service_config(max_attempts: int) -> str:

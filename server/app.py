@@ -86,11 +86,14 @@ class LogServer:
         log_pb2_grpc.add_LogServiceServicer_to_server(  # type: ignore[no-untyped-call]
             LogServicer(the_log), server
         )
-        port = server.add_insecure_port(address)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises where it used to return 0
+            port = 0
         if port == 0:
             the_log.close()
             storage.close()
-            raise OSError(f"cannot listen on {address}")
+            raise OSError(f"cannot listen on {address} (in use, or not a local address?)")
         server.start()
         return cls(the_log, storage, server, port, signer)
 

@@ -17,6 +17,7 @@ from sealog.client.errors import SealogError
 from sealog.client.hashing import EMPTY_ROOT
 from sealog.client.leaf import Leaf
 from sealog.client.note import NoteSigner, NoteVerifier
+from sealog.client.proof import subtree_nodes
 from sealog.server.config import Settings
 from sealog.server.errors import NotFoundError, OutOfRangeError
 from sealog.server.proofs import (
@@ -25,13 +26,15 @@ from sealog.server.proofs import (
     build_range_proof,
 )
 from sealog.server.sequencer import AppendItem, AppendOutcome, Sequencer
-from sealog.server.storage import ReadSnapshot, Storage
+from sealog.server.storage import (
+    FORMAT_VERSION,
+    META_FORMAT,
+    META_ORIGIN,
+    ReadSnapshot,
+    Storage,
+)
 
 __all__ = ["EntriesPage", "Log", "StartupCheckError"]
-
-_ORIGIN = b"origin"
-_FORMAT = b"format"
-_FORMAT_VERSION = b"sealog-lmdb-1"
 
 
 class StartupCheckError(SealogError):
@@ -101,8 +104,8 @@ class Log:
                 raise StartupCheckError("storage holds leaves but no checkpoint")
         note = sign_checkpoint(Checkpoint(self.origin, 0, EMPTY_ROOT), signer)
         with self.storage.write() as w:
-            w.set_meta(_FORMAT, _FORMAT_VERSION)
-            w.set_meta(_ORIGIN, self.origin.encode())
+            w.set_meta(META_FORMAT, FORMAT_VERSION)
+            w.set_meta(META_ORIGIN, self.origin.encode())
             w.set_checkpoint(note)
         self._checkpoint = note
         return CompactRange()
@@ -110,10 +113,10 @@ class Log:
     def _check(self, note: bytes) -> tuple[CompactRange, int]:
         """The startup self-check: cheap (the frontier, not the whole tree), and strict."""
         with self.storage.read() as snap:
-            fmt = snap.meta(_FORMAT)
-            if fmt != _FORMAT_VERSION:
-                raise StartupCheckError(f"storage format {fmt!r}, want {_FORMAT_VERSION!r}")
-            stored_origin = (snap.meta(_ORIGIN) or b"").decode()
+            fmt = snap.meta(META_FORMAT)
+            if fmt != FORMAT_VERSION:
+                raise StartupCheckError(f"storage format {fmt!r}, want {FORMAT_VERSION!r}")
+            stored_origin = (snap.meta(META_ORIGIN) or b"").decode()
             if stored_origin != self.origin:
                 raise StartupCheckError(
                     f"this log's origin is {stored_origin!r}, not {self.origin!r}"
@@ -131,7 +134,7 @@ class Log:
                 raise StartupCheckError(
                     f"storage holds {stored} leaves but the signed checkpoint is for {cp.size}"
                 )
-            tree = CompactRange(cp.size, snap.read_hashes(CompactRange(cp.size).nodes()))
+            tree = CompactRange(cp.size, snap.read_hashes(subtree_nodes(0, cp.size)))
             if tree.root() != cp.root_hash:
                 raise StartupCheckError(
                     f"stored tree of size {cp.size} has root {tree.root().hex()}, "
