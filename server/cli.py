@@ -25,6 +25,8 @@ from sealog.client.log_client import Entry, InclusionProof, LogClient, Receipt
 from sealog.client.note import Ed25519Signer, Ed25519Verifier
 from sealog.server.app import VKEY_FILE, LogServer
 from sealog.server.config import Settings
+from sealog.server.fsck import fsck
+from sealog.server.lmdb_storage import LmdbStorage
 
 __all__ = ["main"]
 
@@ -38,6 +40,26 @@ Quick start (two terminals):
 Client commands find the log's public key in --vkey, $SEALOG_VKEY or
 ./sealog-data/log.vkey, and the server in --target or $SEALOG_TARGET.
 """
+
+
+_DESCRIPTIONS = {
+    "keygen": "The private key file is created with mode 0600 and never overwritten; "
+    "the verifier key (vkey) is printed and written beside it as NAME.vkey, to give to "
+    "clients.",
+    "append": "A receipt is the event's index, leaf hash and the signed checkpoint "
+    "that includes it, all verified. Events come from the argument, a file (--file, one "
+    "event), or stdin (one event per line). Each request is atomic; retries never log "
+    "an event twice.",
+    "checkpoint": "Its signature is verified. With --trusted FILE, also prove that it "
+    "extends the checkpoint in FILE (the log only grew); --save FILE keeps it for next "
+    "time.",
+    "prove": "By index or by leaf hash, against the latest checkpoint or a saved one "
+    "(--checkpoint); the proof is verified before it is printed.",
+    "consistency": "OLD is a file with an older signed checkpoint; NEW (default: the "
+    "latest) must extend it: nothing was rewritten or dropped.",
+    "entries": "Entries [START, END), each page verified against the latest checkpoint "
+    "before it is printed: index, acceptance time (ms), identity, payload.",
+}
 
 
 def _b64(data: bytes) -> str:
@@ -289,6 +311,36 @@ def cmd_entries(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fsck(args: argparse.Namespace) -> int:
+    verifier = _verifier(args)
+    db = Path(args.data_dir)
+    if not (db / "data.mdb").exists():
+        db = db / "db"
+    if not (db / "data.mdb").exists():
+        raise SealogError(f"{args.data_dir}: no log here (no db/data.mdb)")
+    storage = LmdbStorage(db, readonly=True)
+    try:
+        with storage.read() as snapshot:
+            report = fsck(snapshot, verifier, origin=args.origin, progress=not args.json)
+    finally:
+        storage.close()
+    text = "\n".join(f"PROBLEM: {p}" for p in report.problems) or (
+        f"ok: {report.entries_checked} entries, every hash, index and the signed "
+        f"checkpoint (size {report.size}) verified"
+    )
+    _emit(
+        args,
+        {
+            "ok": report.ok,
+            "tree_size": report.size,
+            "entries_checked": report.entries_checked,
+            "problems": report.problems,
+        },
+        text,
+    )
+    return 0 if report.ok else 2
+
+
 # --- parser --------------------------------------------------------------------
 def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -419,6 +471,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("end", type=int, nargs="?", help="one past the last index (default: all)")
     _client_options(p)
     p.set_defaults(func=cmd_entries)
+    p = sub.add_parser(
+        "fsck",
+        help="verify a log's data folder offline (read-only)",
+        description="Re-parse and re-hash every leaf, recompute every stored hash and the "
+        "root, check the indexes, and verify the stored checkpoint with the given key. "
+        "Exit status 2 when anything is wrong. There is no repair: a log that fails "
+        "fsck is evidence; see docs/operations.md.",
+    )
+    p.add_argument("data_dir", help="the log's data folder (the one given to serve)")
+    p.add_argument(
+        "--vkey",
+        help="the log's verifier key, or @FILE, from a source you trust (default "
+        "$SEALOG_VKEY or ./sealog-data/log.vkey)",
+    )
+    p.add_argument("--origin", help="the log's origin (default: as stored)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_fsck)
+    for action in sub._choices_actions:
+        command = sub.choices[action.dest]
+        if command.description is None and action.help:
+            summary = action.help[0].upper() + action.help[1:]
+            command.description = f"{summary}. {_DESCRIPTIONS.get(action.dest, '')}".strip()
     return parser
 
 

@@ -48,6 +48,11 @@ def _u64(n: int) -> bytes:
     return _U64.pack(n)
 
 
+def _index(key: bytes) -> int:
+    """A big-endian uint64 key; a record of another length (corruption) decodes as -1."""
+    return int(_U64.unpack(key)[0]) if len(key) == _U64.size else -1
+
+
 class _RWLock:
     """Many readers or one resizer. Plain writes need no lock: LMDB serialises them."""
 
@@ -155,6 +160,27 @@ class _Txn:
     def find_idempotency(self, key_digest: bytes) -> int | None:
         value = self._txn.get(key_digest, db=self._s._idempotency)
         return None if value is None else int(_U64.unpack(value)[0])
+
+    def _iter(self, db: Any) -> Iterator[tuple[bytes, bytes]]:
+        with self._txn.cursor(db=db) as cur:
+            for key, value in cur:
+                yield bytes(key), bytes(value)
+
+    def iter_entries(self) -> Iterator[tuple[int, bytes]]:
+        for key, value in self._iter(self._s._entries):
+            yield _index(key), value
+
+    def iter_hash_records(self) -> Iterator[tuple[int, bytes]]:
+        for key, value in self._iter(self._s._hashes):
+            yield _index(key), value
+
+    def iter_leaf_index(self) -> Iterator[tuple[bytes, int]]:
+        for key, value in self._iter(self._s._leaf_index):
+            yield key, _index(value)
+
+    def iter_idempotency(self) -> Iterator[tuple[bytes, int]]:
+        for key, value in self._iter(self._s._idempotency):
+            yield key, _index(value)
 
     def stored_size(self) -> int:
         with self._txn.cursor(db=self._s._entries) as cur:

@@ -21,6 +21,9 @@ from sealog.client.errors import SealogError
 from sealog.client.proof import NodeID
 
 __all__ = [
+    "FORMAT_VERSION",
+    "META_FORMAT",
+    "META_ORIGIN",
     "ReadSnapshot",
     "RetryBatchError",
     "Storage",
@@ -29,6 +32,14 @@ __all__ = [
     "WriteBatch",
     "hash_location",
 ]
+
+
+META_ORIGIN = b"origin"
+"""Metadata key: the log's origin, fixed when the log is created."""
+META_FORMAT = b"format"
+"""Metadata key: the storage format version."""
+FORMAT_VERSION = b"sealog-lmdb-1"
+"""The storage format this code reads and writes."""
 
 
 class StorageUnavailableError(SealogError):
@@ -81,6 +92,22 @@ class ReadSnapshot(Protocol):
 
     def stored_size(self) -> int:
         """How many leaves are stored (one past the highest leaf index), from the records."""
+        ...
+
+    def iter_entries(self) -> Iterator[tuple[int, bytes]]:
+        """Every stored (index, leaf) record in index order, gaps and all (for fsck)."""
+        ...
+
+    def iter_hash_records(self) -> Iterator[tuple[int, bytes]]:
+        """Every stored (leaf index, concatenated node hashes) record in order (for fsck)."""
+        ...
+
+    def iter_leaf_index(self) -> Iterator[tuple[bytes, int]]:
+        """Every (leaf hash prefix, index) record of the leaf-hash index (for fsck)."""
+        ...
+
+    def iter_idempotency(self) -> Iterator[tuple[bytes, int]]:
+        """Every (key digest, index) record of the idempotency index (for fsck)."""
         ...
 
 
