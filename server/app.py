@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sealog.client.keyfile import read_key_file, write_private_key_file
 from sealog.client.note import Ed25519Signer
 from sealog.server.config import Settings
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.log import Log
-from sealog.server.servicer import LogServicer
+from sealog.server.servicer import SERVICE_NAME, LogServicer
 from sealog.v1 import log_pb2_grpc
 
 __all__ = ["LogServer", "load_or_create_signer"]
@@ -50,6 +51,7 @@ class LogServer:
     grpc_server: grpc.Server
     port: int
     signer: Ed25519Signer
+    health: health.HealthServicer
 
     @classmethod
     def open(
@@ -61,18 +63,18 @@ class LogServer:
         key_file: str | Path | None = None,
         settings: Settings | None = None,
     ) -> LogServer:
-        """Open (or create) the log in ``data_dir`` and serve it on ``address``."""
+        """Open (or create) the log in ``data_dir`` and serve it on ``address``.
+
+        The port answers as soon as it is bound: the standard gRPC health
+        service says NOT_SERVING, and the log's RPCs UNAVAILABLE, until the
+        start-up self-check has passed. If it fails, the server stops and the
+        error (:class:`~sealog.server.log.StartupCheckError`) is raised.
+        """
         settings = settings or Settings()
         data_dir = Path(data_dir)
         signer = load_or_create_signer(
             data_dir, Path(key_file) if key_file is not None else None, origin
         )
-        storage = LmdbStorage(data_dir / "db")
-        try:
-            the_log = Log(storage, signer, signer.verifier(), origin, settings)
-        except BaseException:
-            storage.close()
-            raise
         server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=settings.max_workers, thread_name_prefix="sealog-rpc"
@@ -80,25 +82,43 @@ class LogServer:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
                 ("grpc.so_reuseport", 0),
             ],
         )
+        health_servicer = health.HealthServicer()
+        for service in ("", SERVICE_NAME):
+            health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        servicer = LogServicer()
         log_pb2_grpc.add_LogServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            LogServicer(the_log), server
+            servicer, server
         )
         try:
             port = server.add_insecure_port(address)
         except RuntimeError:  # grpcio raises where it used to return 0
             port = 0
         if port == 0:
-            the_log.close()
-            storage.close()
             raise OSError(f"cannot listen on {address} (in use, or not a local address?)")
         server.start()
-        return cls(the_log, storage, server, port, signer)
+        storage = LmdbStorage(data_dir / "db")
+        try:
+            the_log = Log(storage, signer, signer.verifier(), origin, settings)
+        except BaseException:
+            server.stop(None)
+            storage.close()
+            raise
+        servicer.attach(the_log)
+        for service in ("", SERVICE_NAME):
+            health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        return cls(the_log, storage, server, port, signer, health_servicer)
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop taking RPCs, commit and answer queued appends, close storage."""
+        """Stop taking RPCs, commit and answer queued appends, close storage.
+
+        Health turns NOT_SERVING first, so load balancers drain the server.
+        """
+        self.health.enter_graceful_shutdown()
         done: threading.Event = self.grpc_server.stop(grace)
         self.log.close()
         done.wait(grace + 1)

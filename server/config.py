@@ -36,6 +36,8 @@ class Settings:
     """How long an Append waits for its commit before answering UNAVAILABLE."""
     max_workers: int = 128
     """Threads serving RPCs."""
+    max_concurrent_streams: int = 256
+    """Concurrent RPCs one client connection may have open."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

@@ -15,7 +15,15 @@ __all__ = [
 
 
 class LogError(SealogError):
-    """A request the log cannot serve, for a reason the client can act on."""
+    """A request the log cannot serve, for a reason the client can act on.
+
+    ``retry_after_s``, when set, tells the client when trying again makes
+    sense; it travels as google.rpc.RetryInfo in the status details.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InvalidArgumentError(LogError):

@@ -134,12 +134,15 @@ class Sequencer:
         request = _Request(items, identity)
         with self._lock:
             if not self._accepting:
-                raise UnavailableError("the log is shutting down; retry against the restarted log")
+                raise UnavailableError(
+                    "the log is shutting down; retry against the restarted log", 1.0
+                )
             limit = self._settings.max_queued_entries
             if self._queued_entries + len(items) > limit:
                 raise ResourceExhaustedError(
                     f"sequencer queue is full ({self._queued_entries} entries queued, "
-                    f"limit {limit}); retry with backoff"
+                    f"limit {limit}); retry with backoff",
+                    0.5,
                 )
             self._queued_entries += len(items)
             self._queue.put(request)
@@ -193,7 +196,7 @@ class Sequencer:
             except StorageUnavailableError as e:
                 self._restore(batch, saved_tree, saved_ms)
                 log.error("append batch of %d requests not stored: %s", len(batch), e)
-                self._fail(batch, UnavailableError(str(e)))
+                self._fail(batch, UnavailableError(str(e), 5.0))
                 return
             except Exception as e:
                 self._restore(batch, saved_tree, saved_ms)

@@ -7,12 +7,16 @@ client can send ends in INTERNAL: that code means a bug or a broken disk.
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import functools
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from sealog.client.errors import InvalidProofError
 from sealog.server import validate
@@ -55,7 +59,17 @@ def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
 
 def _abort(context: grpc.ServicerContext, error: BaseException) -> NoReturn:
     code, message = _status_of(error)
-    context.abort(code, message)
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is None:
+        context.abort(code, message)
+    else:
+        # google.rpc.RetryInfo in the status details says when to come back.
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromTimedelta(datetime.timedelta(seconds=retry_after))
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+        context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("unreachable")  # context.abort raises
 
 
@@ -77,11 +91,28 @@ def _unary(
     return wrapper
 
 
-class LogServicer(log_pb2_grpc.LogServiceServicer):
-    """sealog.v1.LogService over a :class:`~sealog.server.log.Log`."""
+SERVICE_NAME = "sealog.v1.LogService"
 
-    def __init__(self, log: Log) -> None:
-        self._log = log
+
+class LogServicer(log_pb2_grpc.LogServiceServicer):
+    """sealog.v1.LogService over a :class:`~sealog.server.log.Log`.
+
+    Until :meth:`attach` gives it the opened log, every RPC answers UNAVAILABLE.
+    """
+
+    def __init__(self, log: Log | None = None) -> None:
+        self._attached = log
+
+    def attach(self, log: Log) -> None:
+        """Start serving ``log`` (after its start-up self-check passed)."""
+        self._attached = log
+
+    @property
+    def _log(self) -> Log:
+        log = self._attached
+        if log is None:
+            raise UnavailableError("the log is starting up (self-check in progress)", 1.0)
+        return log
 
     def identity(self, context: grpc.ServicerContext) -> str:
         """The authenticated identity of the caller; empty while the log has no authentication."""

@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 import pytest
 from e2e_support import OpenLog, RunningLog
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -341,6 +343,14 @@ def test_append_when_the_sequencer_queue_is_full(open_log: OpenLog) -> None:
     assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "sequencer queue is full" in refused[0].details()
     assert "limit 10" in refused[0].details()
+    # The status carries google.rpc.RetryInfo: when to come back.
+    status = rpc_status.from_call(refused[0])
+    assert status is not None
+    infos = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert len(infos) == 1
+    info = error_details_pb2.RetryInfo()
+    infos[0].Unpack(info)
+    assert info.retry_delay.ToTimedelta().total_seconds() > 0
     assert [e.parse().payload for e in log.client().entries()] == [
         e.payload for e in requests[errors.index(None)].entries
     ]
