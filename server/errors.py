@@ -9,7 +9,9 @@ __all__ = [
     "LogError",
     "NotFoundError",
     "OutOfRangeError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
+    "UnauthenticatedError",
     "UnavailableError",
 ]
 
@@ -44,3 +46,11 @@ class ResourceExhaustedError(LogError):
 
 class UnavailableError(LogError):
     """The log cannot take the request now (storage full, shutting down); retry later."""
+
+
+class UnauthenticatedError(LogError):
+    """The caller must authenticate (or presented credentials that are not valid)."""
+
+
+class PermissionDeniedError(LogError):
+    """The caller's identity lacks the role the request needs."""
