@@ -1,0 +1,116 @@
+"""A server process for :mod:`bench.server`: a sealog log, or a trivial echo service.
+
+Run as ``python -m bench.server_runner {log,echo} [--data-dir DIR]``. It listens
+on a free loopback port and prints one JSON line, ``{"port": ..., "pid": ...}``
+(plus ``"vkey"`` for a log), then serves until its stdin is closed or it gets
+SIGTERM/SIGINT; it then stops the server (a log commits what is queued) and
+exits. Closing stdin on exit means the server never outlives the benchmark.
+
+The echo service is served exactly as :meth:`sealog.server.app.LogServer.open`
+serves the log (``grpc.server`` with a ``ThreadPoolExecutor`` of
+``Settings.max_workers`` threads and the same channel options), so the two
+differ only in what the handler does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from sealog.server.app import LogServer
+from sealog.server.config import Settings
+
+__all__ = ["ECHO_METHOD", "ECHO_SERVICE", "main"]
+
+ECHO_SERVICE = "bench.Echo"
+ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+
+
+def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return request
+
+
+def _start_echo(address: str, settings: Settings) -> tuple[grpc.Server, int]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="echo-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    handler = grpc.unary_unary_rpc_method_handler(_echo)  # bytes in, bytes out
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(ECHO_SERVICE, {"Echo": handler}),)
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    return server, port
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.server_runner")
+    parser.add_argument("mode", choices=("log", "echo"))
+    parser.add_argument("--data-dir", help="the log's data folder (mode log)")
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument(
+        "--max-workers", type=int, help="RPC threads (default: Settings().max_workers)"
+    )
+    parser.add_argument("--cpus", help="run on these CPUs only, e.g. 0 or 0,1")
+    args = parser.parse_args(argv)
+    if args.cpus:  # before any thread starts, so every thread inherits it
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+
+    settings = Settings() if args.max_workers is None else Settings(max_workers=args.max_workers)
+    info: dict[str, Any] = {"pid": os.getpid()}
+    stop_server: Callable[[], None]
+    if args.mode == "log":
+        if not args.data_dir:
+            parser.error("mode log needs --data-dir")
+        log_server = LogServer.open(args.data_dir, address=args.listen, settings=settings)
+        info.update(port=log_server.port, vkey=log_server.signer.verifier().vkey)
+        stop_server = log_server.stop
+    else:
+        echo_server, port = _start_echo(args.listen, settings)
+        info.update(port=port)
+
+        def stop_server() -> None:
+            echo_server.stop(5.0).wait(6.0)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    def watch_stdin() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        finally:
+            stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
+    print(json.dumps(info), flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        stop_server()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
