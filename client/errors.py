@@ -16,18 +16,23 @@ if TYPE_CHECKING:
     from sealog.client.checkpoint import Checkpoint
 
 __all__ = [
+    "BundleFormatError",
     "CheckpointFormatError",
+    "EntriesMismatchError",
+    "EvidenceFormatError",
     "FormatError",
     "InconsistentCheckpointsError",
     "InvalidProofError",
     "InvalidSignatureError",
     "KeyFormatError",
     "LeafFormatError",
+    "MonitorStateError",
     "NoteFormatError",
     "RootMismatchError",
     "SealogError",
     "UnverifiedNoteError",
     "VerificationError",
+    "WitnessPolicyError",
 ]
 
 
@@ -61,6 +66,25 @@ class KeyFormatError(FormatError):
 
 class LeafFormatError(FormatError):
     """Leaf bytes that are not a valid sealog leaf."""
+
+
+class BundleFormatError(FormatError):
+    """A proof bundle that is not a valid c2sp.org/tlog-proof@v1 text (docs/monitoring.md)."""
+
+
+class EvidenceFormatError(FormatError):
+    """An evidence file that is not what a sealog monitor writes (docs/monitoring.md)."""
+
+
+class MonitorStateError(SealogError):
+    """A monitor's saved state cannot be used: unreadable, or for another log."""
+
+    def diagnostics(self) -> str:
+        return (
+            f"{self}. The state file holds the checkpoint this monitor trusts: do not delete "
+            "it to make this go away (the next start would trust whatever the log says); "
+            "find out what changed it."
+        )
 
 
 class VerificationError(SealogError):
@@ -129,3 +153,70 @@ class InconsistentCheckpointsError(VerificationError):
         super().__init__(
             f"checkpoint {new.size} is not consistent with trusted checkpoint {old.size}: {reason}"
         )
+
+
+class WitnessPolicyError(VerificationError):
+    """A checkpoint without enough valid cosignatures from the witnesses a policy names.
+
+    ``missing`` names the listed witnesses (``name+keyID``) with no valid,
+    fresh cosignature on it; ``stale`` those whose cosignature was older than
+    the policy allows.
+    """
+
+    def __init__(
+        self,
+        note: bytes,
+        threshold: int,
+        cosigned: Sequence[str],
+        missing: Sequence[str],
+        stale: Sequence[str] = (),
+    ) -> None:
+        self.note = note
+        self.threshold = threshold
+        self.cosigned = tuple(cosigned)
+        self.missing = tuple(missing)
+        self.stale = tuple(stale)
+        detail = f"missing: {', '.join(self.missing)}"
+        if self.stale:
+            detail += f" (too old: {', '.join(self.stale)})"
+        super().__init__(
+            f"checkpoint has {len(self.cosigned)} of the {threshold} witness cosignatures "
+            f"the policy requires; {detail}"
+        )
+
+    def diagnostics(self) -> str:
+        return (
+            f"{self}. The log may simply not have collected them yet (witnesses cosign on "
+            "their own schedule): retry later, or check that those witnesses are running."
+        )
+
+
+class EntriesMismatchError(VerificationError):
+    """Leaves a log served do not hash to the root it signed (a full audit failed).
+
+    Carries what is needed to redo the computation: the signed checkpoint
+    note, the compact range the auditor had verified before the page
+    (``start`` and ``frontier``), the page's leaves, the consistency proof
+    from the end of the page to the checkpoint's size, and the root the
+    leaves led to.
+    """
+
+    def __init__(
+        self,
+        note: bytes,
+        start: int,
+        frontier: Sequence[bytes],
+        leaves: Sequence[bytes],
+        proof: Sequence[bytes],
+        calculated: bytes,
+        reason: str,
+    ) -> None:
+        self.note = note
+        self.start = start
+        self.frontier = tuple(frontier)
+        self.leaves = tuple(leaves)
+        self.proof = tuple(proof)
+        self.calculated = calculated
+        self.reason = reason
+        end = start + len(self.leaves)
+        super().__init__(f"leaves [{start}, {end}) do not match the signed checkpoint: {reason}")

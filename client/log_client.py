@@ -13,6 +13,7 @@ request is retried, with the same keys, when the server is unavailable
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -23,12 +24,20 @@ from typing import Any, TypeVar
 import grpc
 
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
-from sealog.client.errors import FormatError, InconsistentCheckpointsError, VerificationError
+from sealog.client.compact import CompactRange
+from sealog.client.cosignature import Cosignature, CosignatureVerifier
+from sealog.client.errors import (
+    EntriesMismatchError,
+    FormatError,
+    InconsistentCheckpointsError,
+    VerificationError,
+)
 from sealog.client.hashing import leaf_hash as rfc6962_leaf_hash
-from sealog.client.leaf import Leaf
+from sealog.client.leaf import MAX_IDENTITY_BYTES, Leaf
 from sealog.client.note import Ed25519Verifier, NoteVerifier
 from sealog.client.range_proof import VerifiedRange, verify_range
 from sealog.client.verify import verify_consistency, verify_inclusion
+from sealog.client.witness_policy import WitnessPolicy
 from sealog.v1 import log_pb2, log_pb2_grpc
 
 __all__ = [
@@ -129,6 +138,13 @@ class LogClient:
     ``verifier`` is the log's public key (a note verifier or its vkey string);
     ``origin``, if given, must be the origin line of every checkpoint (by
     default the key's name).
+
+    ``witnesses`` (verifier keys, type 0x04) set a witness policy: at least
+    ``witness_threshold`` of them (default: all) must have cosigned a
+    checkpoint before :meth:`checkpoint` returns it, and cosignatures older
+    than ``witness_max_age_s`` do not count. A :class:`WitnessPolicy` may be
+    passed instead. With a policy, :meth:`checkpoint` (and every proof that
+    uses the default checkpoint) asks for the log's witnessed checkpoint.
     """
 
     def __init__(
@@ -141,11 +157,25 @@ class LogClient:
         timeout: float = 30.0,
         max_attempts: int = 5,
         channel: grpc.Channel | None = None,
+        witnesses: WitnessPolicy | Sequence[CosignatureVerifier | str] = (),
+        witness_threshold: int | None = None,
+        witness_max_age_s: float | None = None,
     ) -> None:
         self.verifier: NoteVerifier = (
             Ed25519Verifier.from_vkey(verifier) if isinstance(verifier, str) else verifier
         )
         self.origin = origin if origin is not None else self.verifier.name
+        self.policy: WitnessPolicy | None
+        if isinstance(witnesses, str):
+            witnesses = [witnesses]  # one key, not a sequence of characters
+        if isinstance(witnesses, WitnessPolicy):
+            self.policy = witnesses
+        elif witnesses:
+            self.policy = WitnessPolicy.from_vkeys(witnesses, witness_threshold, witness_max_age_s)
+        else:
+            if witness_threshold is not None:
+                raise ValueError("witness_threshold needs witness keys (witnesses=[...])")
+            self.policy = None
         self.timeout = timeout
         self.max_attempts = max_attempts
         if channel is None:
@@ -162,6 +192,8 @@ class LogClient:
         self._channel = channel
         self._stub = log_pb2_grpc.LogServiceStub(channel)  # type: ignore[no-untyped-call]
         self._last_note: tuple[bytes, SignedCheckpoint] | None = None
+        self.last_received_note = b""
+        """The last checkpoint note the server sent, verified or not (a monitor's evidence)."""
 
     def close(self) -> None:
         """Close the channel."""
@@ -188,6 +220,7 @@ class LogClient:
         raise AssertionError("unreachable")
 
     def _open(self, note: bytes) -> SignedCheckpoint:
+        self.last_received_note = note
         cached = self._last_note
         if cached is not None and cached[0] == note:
             return cached[1]
@@ -279,13 +312,25 @@ class LogClient:
         return AppendResult(signed, tuple(entries), tuple(duplicates), proofs, verified)
 
     # --- checkpoints and proofs ----------------------------------------------
-    def checkpoint(self, trusted: SignedCheckpoint | None = None) -> SignedCheckpoint:
+    def checkpoint(
+        self, trusted: SignedCheckpoint | None = None, *, witnessed: bool | None = None
+    ) -> SignedCheckpoint:
         """The log's latest checkpoint, signature verified.
 
         With ``trusted``, also prove that the new checkpoint extends it; raise
         :class:`InconsistentCheckpointsError` (with both notes and the proof)
         if it does not, including when the log's size went backwards.
+
+        ``witnessed`` (default: whether this client has a witness policy) asks
+        for the log's witnessed checkpoint instead, and checks it against the
+        policy (:class:`~sealog.client.errors.WitnessPolicyError` names the
+        missing witnesses). It may be older than ``trusted``: then it is
+        proven to be a prefix of ``trusted`` and returned.
         """
+        if witnessed is None:
+            witnessed = self.policy is not None
+        if witnessed:
+            return self._witnessed_checkpoint(trusted)
         first = trusted.checkpoint.size if trusted is not None else 0
         response = self._call(
             self._stub.GetCheckpoint, log_pb2.GetCheckpointRequest(first_tree_size=first)
@@ -294,6 +339,51 @@ class LogClient:
         if trusted is not None:
             self._check_consistent(trusted, signed, response.consistency_proof)
         return signed
+
+    def _witnessed_checkpoint(self, trusted: SignedCheckpoint | None) -> SignedCheckpoint:
+        response = self._call(
+            self._stub.GetCheckpoint, log_pb2.GetCheckpointRequest(witnessed=True)
+        )
+        signed = self._open(response.checkpoint)
+        if trusted is not None:
+            self.consistency_between(trusted, signed)
+        self.check_witnesses(signed)
+        return signed
+
+    def check_witnesses(self, checkpoint: SignedCheckpoint) -> tuple[Cosignature, ...]:
+        """Check a checkpoint against this client's witness policy; return its cosignatures.
+
+        Raises :class:`~sealog.client.errors.WitnessPolicyError` (naming the
+        missing witnesses) or InvalidSignatureError (a listed witness's line
+        does not verify); returns ``()`` when the client has no policy.
+        """
+        if self.policy is None:
+            return ()
+        try:
+            return self.policy.check(checkpoint.note)
+        except FormatError as e:
+            raise VerificationError(f"the log answered a malformed checkpoint: {e}") from e
+
+    def add_cosignature(self, cosigned_note: bytes) -> SignedCheckpoint:
+        """Give the log a witness cosignature on one of its checkpoints (AddCosignature).
+
+        Returns the log's witnessed checkpoint afterwards, its signature
+        verified (not checked against this client's policy).
+        """
+        response = self._call(
+            self._stub.AddCosignature, log_pb2.AddCosignatureRequest(checkpoint=cosigned_note)
+        )
+        return self._open(response.checkpoint)
+
+    def consistency_between(self, a: SignedCheckpoint, b: SignedCheckpoint) -> tuple[bytes, ...]:
+        """Prove that two checkpoints of this log are consistent, whichever is larger.
+
+        The smaller one must be a prefix of the larger one (equal sizes: equal
+        roots). Raises :class:`InconsistentCheckpointsError` with the smaller
+        checkpoint as ``old``. Returns the verified proof.
+        """
+        old, new = (a, b) if a.checkpoint.size <= b.checkpoint.size else (b, a)
+        return self.consistency_proof(old, new)
 
     def _check_consistent(
         self, old: SignedCheckpoint, new: SignedCheckpoint, proof: Sequence[bytes]
@@ -321,6 +411,101 @@ class LogClient:
             ).consistency_proof
         self._check_consistent(old, new, proof)
         return tuple(proof)
+
+    def audit_entries(
+        self,
+        tree: CompactRange,
+        checkpoint: SignedCheckpoint,
+        *,
+        end: int | None = None,
+        page_size: int = 0,
+    ) -> Iterator[CompactRange]:
+        """Download leaves ``[tree.size, end)`` and check them against ``checkpoint`` yourself.
+
+        This is a monitor's full audit. ``tree`` is the compact range of the
+        leaves ``[0, tree.size)`` the caller already verified (it is not
+        changed). Each leaf is re-parsed (docs/leaf-format.md) and re-hashed
+        onto a copy of ``tree``; after each page, the root of that tree is
+        checked against the checkpoint's root, with the consistency proof the
+        page carries (or compared directly at the checkpoint's size). The
+        server's own left frontier is not used, so a server whose stored
+        leaves were changed, or whose hashes lie about them, is caught at the
+        first page it serves wrongly: :class:`EntriesMismatchError`, which
+        carries the page, the proof and the tree before the page.
+
+        Yields a copy of the verified tree after each page; ``end`` defaults
+        to the checkpoint's size.
+        """
+        cp = checkpoint.checkpoint
+        end = cp.size if end is None else end
+        if not tree.size <= end <= cp.size:
+            raise ValueError(
+                f"audit of [{tree.size}, {end}) in tree size {cp.size}: "
+                "want tree.size <= end <= checkpoint size"
+            )
+        if tree.size == end:
+            if end == cp.size and tree.root() != cp.root_hash:
+                raise EntriesMismatchError(
+                    checkpoint.note,
+                    tree.size,
+                    tree.hashes,
+                    (),
+                    (),
+                    tree.root(),
+                    f"the audited tree of size {end} has another root than the checkpoint",
+                )
+            return
+        request = log_pb2.GetEntriesRequest(
+            start=tree.size, end=end, tree_size=cp.size, page_size=page_size
+        )
+        current = tree.copy()
+        sha256 = hashlib.sha256
+        for page in self._stub.GetEntries(request, timeout=self.timeout):
+            if page.start != current.size or not page.leaves or page.start + len(page.leaves) > end:
+                raise VerificationError(
+                    f"GetEntries page starts at {page.start} with {len(page.leaves)} leaves, "
+                    f"want a page at {current.size} ending by {end}"
+                )
+            before = current.copy()
+            proof = tuple(page.range_proof.consistency_proof)
+            reason = ""
+            for leaf in page.leaves:
+                problem = _leaf_problem(leaf)
+                if problem:
+                    reason = f"leaf {current.size} is malformed: {problem}"
+                    break
+                current.append(sha256(b"\x00" + leaf).digest())
+            root = current.root()
+            if not reason:
+                try:
+                    if current.size == cp.size:
+                        if proof:
+                            raise VerificationError(
+                                f"page ends at the checkpoint's size but has {len(proof)} "
+                                "consistency hashes, want 0"
+                            )
+                        if root != cp.root_hash:
+                            raise VerificationError(
+                                f"the root of the first {current.size} leaves is not the "
+                                "checkpoint's root"
+                            )
+                    else:
+                        verify_consistency(current.size, cp.size, root, cp.root_hash, proof)
+                except VerificationError as e:
+                    reason = str(e)
+            if reason:
+                raise EntriesMismatchError(
+                    checkpoint.note,
+                    before.size,
+                    before.hashes,
+                    tuple(page.leaves),
+                    proof,
+                    root,
+                    reason,
+                )
+            yield current.copy()
+        if current.size != end:
+            raise VerificationError(f"GetEntries stopped at {current.size}, want {end}")
 
     def _at(self, checkpoint: SignedCheckpoint | None) -> SignedCheckpoint:
         return checkpoint if checkpoint is not None else self.checkpoint()
@@ -412,6 +597,34 @@ def _parse_leaf(data: bytes) -> Leaf:
         return Leaf.parse(data)
     except FormatError as e:
         raise VerificationError(f"the log answered a malformed leaf: {e}") from e
+
+
+def _leaf_problem(leaf: bytes) -> str:
+    """Why ``leaf`` is not a valid v1 leaf (docs/leaf-format.md), or ``""``.
+
+    The same rules as :meth:`Leaf.parse`, without building the object: a full
+    audit re-parses every leaf, and this is its inner loop.
+    """
+    n = len(leaf)
+    if n >= 15 and leaf[0] == 1:
+        identity_end = 11 + int.from_bytes(leaf[9:11], "big")
+        if (
+            identity_end - 11 <= MAX_IDENTITY_BYTES
+            and n >= identity_end + 4
+            and n == identity_end + 4 + int.from_bytes(leaf[identity_end : identity_end + 4], "big")
+        ):
+            if identity_end == 11:
+                return ""
+            try:
+                leaf[11:identity_end].decode("utf-8")
+                return ""
+            except UnicodeDecodeError:
+                pass
+    try:
+        Leaf.parse(leaf)
+    except FormatError as e:
+        return str(e)
+    return ""
 
 
 def _service_config(max_attempts: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +12,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from sealog.client.cosignature import CosignatureVerifier
 from sealog.client.keyfile import read_key_file, write_private_key_file
 from sealog.client.note import Ed25519Signer
 from sealog.server.config import Settings
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.log import Log
 from sealog.server.servicer import SERVICE_NAME, LogServicer
+from sealog.server.witness_push import WitnessPusher
 from sealog.v1 import log_pb2_grpc
 
 __all__ = ["LogServer", "load_or_create_signer"]
@@ -52,6 +55,7 @@ class LogServer:
     port: int
     signer: Ed25519Signer
     health: health.HealthServicer
+    pusher: WitnessPusher | None = None
 
     @classmethod
     def open(
@@ -62,8 +66,14 @@ class LogServer:
         origin: str = "sealog.localhost/log",
         key_file: str | Path | None = None,
         settings: Settings | None = None,
+        witnesses: Sequence[CosignatureVerifier] = (),
+        push_witnesses: Sequence[str] = (),
     ) -> LogServer:
         """Open (or create) the log in ``data_dir`` and serve it on ``address``.
+
+        ``witnesses`` are the witness keys whose cosignatures AddCosignature
+        accepts; ``push_witnesses`` are C2SP tlog-witness add-checkpoint URLs
+        the log sends each new checkpoint to (docs/monitoring.md).
 
         The port answers as soon as it is bound: the standard gRPC health
         service says NOT_SERVING, and the log's RPCs UNAVAILABLE, until the
@@ -103,7 +113,7 @@ class LogServer:
         server.start()
         storage = LmdbStorage(data_dir / "db")
         try:
-            the_log = Log(storage, signer, signer.verifier(), origin, settings)
+            the_log = Log(storage, signer, signer.verifier(), origin, settings, witnesses=witnesses)
         except BaseException:
             server.stop(None)
             storage.close()
@@ -111,7 +121,8 @@ class LogServer:
         servicer.attach(the_log)
         for service in ("", SERVICE_NAME):
             health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        return cls(the_log, storage, server, port, signer, health_servicer)
+        pusher = WitnessPusher(the_log, list(push_witnesses)).start() if push_witnesses else None
+        return cls(the_log, storage, server, port, signer, health_servicer, pusher)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking RPCs, commit and answer queued appends, close storage.
@@ -119,6 +130,8 @@ class LogServer:
         Health turns NOT_SERVING first, so load balancers drain the server.
         """
         self.health.enter_graceful_shutdown()
+        if self.pusher is not None:
+            self.pusher.stop()
         done: threading.Event = self.grpc_server.stop(grace)
         self.log.close()
         done.wait(grace + 1)

@@ -17,16 +17,25 @@ from typing import Any
 
 import grpc
 
+from sealog.client.audit import AuditEvent, audit_events, events_from_jsonl
+from sealog.client.bundle import ProofBundle
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
+from sealog.client.cosignature import CosignatureVerifier, Cosigner
+from sealog.client.durable import write_durably
 from sealog.client.errors import SealogError
+from sealog.client.evidence import check_evidence, read_evidence
 from sealog.client.keyfile import read_key_file, write_private_key_file
 from sealog.client.leaf import Leaf
 from sealog.client.log_client import Entry, InclusionProof, LogClient, Receipt
+from sealog.client.monitor import Monitor, MonitorConfig
 from sealog.client.note import Ed25519Signer, Ed25519Verifier
+from sealog.client.witness import Witness
+from sealog.client.witness_policy import WitnessPolicy
 from sealog.server.app import VKEY_FILE, LogServer
 from sealog.server.config import Settings
 from sealog.server.fsck import fsck
 from sealog.server.lmdb_storage import LmdbStorage
+from sealog.server.witness_http import WitnessHTTPServer
 
 __all__ = ["main"]
 
@@ -59,6 +68,31 @@ _DESCRIPTIONS = {
     "latest) must extend it: nothing was rewritten or dropped.",
     "entries": "Entries [START, END), each page verified against the latest checkpoint "
     "before it is printed: index, acceptance time (ms), identity, payload.",
+    "monitor": "The logs are listed in a TOML config (docs/monitoring.md). Each poll verifies "
+    "the new checkpoint's signature and its consistency with the last trusted one; optionally "
+    "it re-hashes every entry (full_audit), checks the witnessed checkpoint against a witness "
+    "policy, and cosigns as a witness. State is replaced atomically and only with verified "
+    "checkpoints; with no state it trusts the first checkpoint (TOFU) and says so. On a "
+    "failed check it writes an evidence file, runs alert_command with its path, and exits "
+    'with status 3 (on_failure = "exit") or keeps going ("continue"). One status line '
+    "per poll on stdout; a progress bar on stderr while a full audit catches up.",
+    "check-evidence": "The signatures are checked with the log key you give (not the one in "
+    "the file), then the failure is reproduced "
+    "(split view, failed consistency proof, rollback, bad signature, invalid cosignature, "
+    "root mismatch). Prints what the file proves and what it does not. Exit status 0 only "
+    "when the evidence holds.",
+    "audit": "Each event is proven against one verified checkpoint (the witnessed one with "
+    "--witness-vkey, or --checkpoint FILE). Events: --index, "
+    "--leaf-hash, --payload-file (the entry with that exact payload; reads the log to find "
+    "it), or --batch FILE of JSON lines (keys index, leaf_hash, leaf_b64, payload, "
+    "payload_b64, label; `sealog append --json` output works as is). Prints a table, or one "
+    "JSON object per event. Exit status 0 only if every event is included.",
+    "verify": "The bundle (c2sp.org/tlog-proof@v1, from `sealog prove --bundle`) is checked "
+    "with no network: the log's signature on the checkpoint, the witness policy if given, "
+    "the leaf in the bundle and its inclusion proof. Exit status 0 only if it verifies.",
+    "witness": "A witness per c2sp.org/tlog-witness: `sealog witness serve` answers "
+    "POST /add-checkpoint for the logs it is given, cosigning (tlog-cosignature/v1) only "
+    "checkpoints consistent with the last one it cosigned for that log.",
 }
 
 
@@ -131,14 +165,44 @@ def _verifier(args: argparse.Namespace) -> Ed25519Verifier:
     return Ed25519Verifier.from_vkey(value)
 
 
+def _witness_keys(values: Sequence[str] | None) -> list[CosignatureVerifier]:
+    """Witness verifier keys: each value a key, or @FILE with one key per line."""
+    keys = []
+    for value in values or ():
+        if value.startswith("@"):
+            lines = Path(value[1:]).read_text(encoding="ascii").split()
+            keys += [CosignatureVerifier.from_vkey(line) for line in lines]
+        else:
+            keys.append(CosignatureVerifier.from_vkey(value))
+    return keys
+
+
+def _policy(args: argparse.Namespace) -> WitnessPolicy | None:
+    keys = _witness_keys(getattr(args, "witness_vkey", None))
+    if not keys:
+        if getattr(args, "witness_threshold", None) is not None:
+            raise SealogError("--witness-threshold needs --witness-vkey")
+        return None
+    return WitnessPolicy.from_vkeys(keys, args.witness_threshold, args.witness_max_age)
+
+
 def _client(args: argparse.Namespace) -> LogClient:
     target = args.target or os.environ.get("SEALOG_TARGET") or DEFAULT_TARGET
-    return LogClient(target, _verifier(args), origin=args.origin, timeout=args.timeout)
+    policy = _policy(args)
+    return LogClient(
+        target,
+        _verifier(args),
+        origin=args.origin,
+        timeout=args.timeout,
+        witnesses=policy if policy is not None else (),
+    )
 
 
 # --- commands ------------------------------------------------------------------
 def cmd_keygen(args: argparse.Namespace) -> int:
-    signer = Ed25519Signer.generate(args.name)
+    signer: Ed25519Signer | Cosigner = (
+        Cosigner.generate(args.name) if args.witness else Ed25519Signer.generate(args.name)
+    )
     out = Path(args.out or f"{args.name.replace('/', '_')}.key")
     write_private_key_file(out, signer.skey)
     vkey = signer.verifier().vkey
@@ -159,12 +223,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_max_wait_ms=args.batch_max_wait_ms,
         max_queued_entries=args.max_queued_entries,
     )
+    witnesses = _witness_keys(args.witness_vkey)
+    if args.push_witness and not witnesses:
+        raise SealogError("--push-witness needs --witness-vkey: the witnesses' keys to accept")
     server = LogServer.open(
         args.data_dir,
         address=args.listen,
         origin=args.origin_name,
         key_file=args.key_file,
         settings=settings,
+        witnesses=witnesses,
+        push_witnesses=args.push_witness or (),
     )
     host = args.listen.rsplit(":", 1)[0]
     vkey = server.signer.verifier().vkey
@@ -174,7 +243,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"  address:      {host}:{server.port} (plaintext gRPC: loopback use only)\n"
         f"  verifier key: {vkey}\n"
         f"  checkpoint:   size {cp.size}, root {_b64(cp.root_hash)}\n"
-        "Stop with Ctrl-C (queued appends are committed first).",
+        + "".join(f"  witness:      {w.vkey}\n" for w in witnesses)
+        + "".join(f"  pushing to:   {url}\n" for url in args.push_witness or ())
+        + "Stop with Ctrl-C (queued appends are committed first).",
         flush=True,
     )
     stop = threading.Event()
@@ -259,6 +330,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
             if args.checkpoint
             else client.checkpoint()
         )
+        if args.checkpoint and client.policy is not None:
+            client.check_witnesses(cp)
         if args.index is not None:
             entry, proof = client.entry_and_proof(args.index, cp)
             obj = {**_proof_json(proof), "entry": _leaf_json(entry.index, entry.leaf)}
@@ -268,11 +341,19 @@ def cmd_prove(args: argparse.Namespace) -> int:
                 raise SealogError("give --index N or --leaf-hash HEX")
             proof = client.inclusion_proof_by_hash(leaf_hash, cp)
             obj = _proof_json(proof)
+            if args.bundle:
+                entry, proof = client.entry_and_proof(proof.index, cp)
         text = (
             f"leaf {proof.index} (hash {proof.leaf_hash.hex()}) is in the tree of size "
             f"{proof.checkpoint.checkpoint.size}: verified\n"
             + "\n".join(f"  {_b64(h)}" for h in proof.proof)
         )
+        if args.bundle:
+            bundle = ProofBundle.for_leaf(entry.index, entry.leaf, proof.proof, cp.note)
+            bundle.verify(client.verifier, origin=client.origin, policy=client.policy)
+            write_durably(args.bundle, bundle.to_bytes())
+            obj["bundle"] = str(args.bundle)
+            text += f"\nwrote the proof bundle (c2sp.org/tlog-proof@v1) to {args.bundle}"
         _emit(args, obj, text)
     return 0
 
@@ -341,6 +422,162 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if report.ok else 2
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    config = MonitorConfig.load(args.config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with Monitor(config) as monitor:
+        if args.once:
+            results = monitor.run_once()
+            if any(r.failed for r in results):
+                return 3
+            return 1 if any(r.outcome == "error" for r in results) else 0
+        return monitor.run(max_polls=args.polls, stop=stop)
+
+
+def cmd_check_evidence(args: argparse.Namespace) -> int:
+    evidence = read_evidence(args.file)
+    witnesses = _witness_keys(args.witness_vkey)
+    verdict = check_evidence(
+        evidence,
+        _verifier(args),
+        origin=args.origin,
+        witness=witnesses[0] if witnesses else None,
+    )
+    _emit(
+        args,
+        {
+            "holds": verdict.holds,
+            "kind": verdict.kind,
+            "findings": verdict.findings,
+            "proves": verdict.proves,
+            "observed_at": evidence.observed_at,
+            "summary": evidence.summary,
+        },
+        f"{evidence.summary} (observed {evidence.observed_at})\n{verdict.report()}",
+    )
+    return 0 if verdict.holds else 1
+
+
+def _audit_events(args: argparse.Namespace) -> list[AuditEvent]:
+    events = [AuditEvent(f"index {i}", index=i) for i in args.index or ()]
+    events += [
+        AuditEvent(f"leaf hash {h[:16]}", leaf_hash=bytes.fromhex(h)) for h in args.leaf_hash or ()
+    ]
+    events += [AuditEvent(f, payload=Path(f).read_bytes()) for f in args.payload_file or ()]
+    for batch in args.batch or ():
+        if batch == "-":
+            events += events_from_jsonl(sys.stdin, "stdin")
+        else:
+            with open(batch, encoding="utf-8") as f:
+                events += events_from_jsonl(f, batch)
+    if not events:
+        raise SealogError("no events: give --index, --leaf-hash, --payload-file or --batch")
+    return events
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    events = _audit_events(args)
+    with _client(args) as client:
+        if args.checkpoint:
+            cp = open_checkpoint(
+                Path(args.checkpoint).read_bytes(), client.verifier, origin=client.origin
+            )
+            cosigned = client.check_witnesses(cp)
+        else:
+            cp = client.checkpoint()
+            cosigned = client.check_witnesses(cp)
+        results = audit_events(client, events, cp)
+    size = cp.checkpoint.size
+    if args.json:
+        for r in results:
+            print(json.dumps({**r.to_json(), "checkpoint": _checkpoint_json(cp)}), flush=True)
+    else:
+        width = max(len("EVENT"), *(len(r.event.label) for r in results))
+        print(f"{'EVENT':<{width}}  {'STATUS':<9}  {'INDEX':>8}  LEAF HASH")
+        for r in results:
+            index = "-" if r.index is None else str(r.index)
+            leaf = r.leaf_hash.hex() if r.leaf_hash else "-"
+            line = f"{r.event.label:<{width}}  {r.status:<9}  {index:>8}  {leaf}"
+            print(line + (f"  ({r.detail})" if r.detail else ""))
+        witnessed = f", {len(cosigned)} witness cosignature(s) verified" if cosigned else ""
+        ok = sum(r.included for r in results)
+        print(
+            f"{ok} of {len(results)} included in the tree of size {size}, root "
+            f"{_b64(cp.checkpoint.root_hash)} (checkpoint signature verified{witnessed})"
+        )
+    return 0 if all(r.included for r in results) else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    bundle = ProofBundle.parse(Path(args.file).read_bytes())
+    verifier = _verifier(args)
+    expected = bytes.fromhex(args.leaf_hash) if args.leaf_hash else None
+    verified = bundle.verify(
+        verifier, origin=args.origin, policy=_policy(args), expected_leaf_hash=expected
+    )
+    cp = verified.checkpoint.checkpoint
+    obj: dict[str, Any] = {
+        "valid": True,
+        "leaf_index": verified.index,
+        "leaf_hash": verified.leaf_hash.hex(),
+        "checkpoint": _checkpoint_json(verified.checkpoint),
+        "witness_cosignatures": [c.name for c in verified.cosignatures],
+    }
+    text = (
+        f"VALID: entry {verified.index} (leaf hash {verified.leaf_hash.hex()}) is in the tree "
+        f"of size {cp.size}, root {_b64(cp.root_hash)}, signed by {verifier.name}"
+    )
+    if verified.cosignatures:
+        text += f" and cosigned by {', '.join(c.name for c in verified.cosignatures)}"
+    if bundle.extra is not None:
+        obj["entry"] = _leaf_json(verified.index, bundle.extra)
+        entry = obj["entry"]
+        text += (
+            f"\n  accepted_at_ms {entry['accepted_at_ms']}  identity {entry['identity'] or '-'}"
+            f"\n  payload {entry.get('payload', entry['payload_b64'])}"
+        )
+    _emit(args, obj, text)
+    return 0
+
+
+def cmd_witness_serve(args: argparse.Namespace) -> int:
+    cosigner = Cosigner.from_skey(read_key_file(args.key, private=True))
+    logs: dict[str, list[Ed25519Verifier]] = {}
+    for value in args.log:
+        texts = Path(value[1:]).read_text(encoding="ascii").split() if value[:1] == "@" else [value]
+        for text in texts:
+            key = Ed25519Verifier.from_vkey(text)
+            logs.setdefault(key.name, []).append(key)
+    host, _, port = args.listen.rpartition(":")
+    witness = Witness(cosigner, logs, args.state_dir)
+    server = WitnessHTTPServer(witness, host or "127.0.0.1", int(port), args.prefix)
+    print(
+        f"sealog: witness {cosigner.name} serving {server.url}\n"
+        f"  witness key: {cosigner.verifier().vkey}\n"
+        + "".join(f"  log:         {origin}\n" for origin in sorted(logs))
+        + "Stop with Ctrl-C.",
+        flush=True,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    stop.wait()
+    server.stop()
+    witness.close()
+    return 0
+
+
 # --- parser --------------------------------------------------------------------
 def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -354,6 +591,29 @@ def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--origin", help="the log's origin, if not the key's name")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
     p.add_argument("--json", action="store_true", help="print JSON (one object per line)")
+    _witness_options(p)
+
+
+def _witness_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--witness-vkey",
+        action="append",
+        metavar="VKEY",
+        help="a witness's cosignature verifier key, or @FILE with one per line (repeatable): "
+        "trust only checkpoints enough of them cosigned (the log's witnessed checkpoint)",
+    )
+    p.add_argument(
+        "--witness-threshold",
+        type=int,
+        metavar="K",
+        help="how many of the witnesses must have cosigned (default: all of them)",
+    )
+    p.add_argument(
+        "--witness-max-age",
+        type=float,
+        metavar="SECONDS",
+        help="ignore cosignatures older than this",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -371,6 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="create an Ed25519 signing key (file mode 0600)")
     p.add_argument("name", help="key name; for a log, its origin (e.g. example.com/log)")
     p.add_argument("--out", help="private key file (default NAME.key); the vkey goes beside it")
+    p.add_argument(
+        "--witness",
+        action="store_true",
+        help="make a witness (cosigner) key: tlog-cosignature/v1, key type 0x04",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_keygen)
 
@@ -425,6 +690,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.max_queued_entries,
         help="queued entries before RESOURCE_EXHAUSTED (default %(default)s)",
     )
+    p.add_argument(
+        "--witness-vkey",
+        action="append",
+        metavar="VKEY",
+        help="a witness whose cosignatures AddCosignature accepts: its verifier key, or @FILE "
+        "with one per line (repeatable); others get PERMISSION_DENIED",
+    )
+    p.add_argument(
+        "--push-witness",
+        action="append",
+        metavar="URL",
+        help="send each new checkpoint to this C2SP tlog-witness add-checkpoint URL and keep "
+        "its cosignature (repeatable; its key must be a --witness-vkey)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("append", help="append events; print their verified receipts")
@@ -457,6 +736,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         help="prove against this saved signed checkpoint (default: the latest checkpoint)",
     )
+    p.add_argument(
+        "--bundle",
+        metavar="FILE",
+        help="also write a self-contained proof (c2sp.org/tlog-proof@v1 with the leaf in its "
+        "extra line) that `sealog verify` checks offline",
+    )
     _client_options(p)
     p.set_defaults(func=cmd_prove)
 
@@ -488,6 +773,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--origin", help="the log's origin (default: as stored)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_fsck)
+
+    p = sub.add_parser("monitor", help="follow logs and check every checkpoint they sign")
+    p.add_argument("config", help="TOML config listing the logs (docs/monitoring.md)")
+    p.add_argument("--once", action="store_true", help="poll each log once, then exit")
+    p.add_argument("--polls", type=int, help="stop after this many polls in all")
+    p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("check-evidence", help="re-verify a monitor's evidence file offline")
+    p.add_argument("file", help="the evidence file (JSON)")
+    p.add_argument(
+        "--vkey",
+        help="the log's verifier key, or @FILE, from a source you trust (default "
+        "$SEALOG_VKEY or ./sealog-data/log.vkey)",
+    )
+    p.add_argument("--origin", help="the log's origin (default: as in the file)")
+    p.add_argument(
+        "--witness-vkey",
+        action="append",
+        metavar="VKEY",
+        help="for invalid_cosignature evidence: the witness key to check with "
+        "(default: the one in the file)",
+    )
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.set_defaults(func=cmd_check_evidence)
+
+    p = sub.add_parser("audit", help="prove that events are in the log; print a report")
+    p.add_argument("--index", type=int, action="append", help="an entry's index (repeatable)")
+    p.add_argument("--leaf-hash", action="append", help="an entry's leaf hash, hex (repeatable)")
+    p.add_argument(
+        "--payload-file",
+        action="append",
+        help="a file whose bytes are an event's payload (repeatable; reads the log to find it)",
+    )
+    p.add_argument("--batch", action="append", help="a JSON-lines file of events ('-' for stdin)")
+    p.add_argument("--checkpoint", help="audit against this saved signed checkpoint")
+    _client_options(p)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("verify", help="verify a proof bundle offline, with no network")
+    p.add_argument("file", help="the bundle (c2sp.org/tlog-proof@v1 text)")
+    p.add_argument(
+        "--vkey",
+        help="the log's verifier key, or @FILE (default $SEALOG_VKEY or ./sealog-data/log.vkey)",
+    )
+    p.add_argument("--origin", help="the log's origin, if not the key's name")
+    p.add_argument("--leaf-hash", help="the leaf hash the bundle must prove, hex")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _witness_options(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("witness", help="run a C2SP witness that cosigns logs' checkpoints")
+    witness_sub = p.add_subparsers(dest="witness_command", required=True, metavar="COMMAND")
+    w = witness_sub.add_parser(
+        "serve",
+        help="serve POST /add-checkpoint (c2sp.org/tlog-witness) over HTTP",
+        description="Serve the tlog-witness add-checkpoint call for the given logs. Each "
+        "checkpoint must be signed by its log's key and come with a consistency proof from "
+        "the last one this witness cosigned for that log; the latest cosigned checkpoint "
+        "per log is kept in --state-dir. Plain HTTP on loopback by default.",
+    )
+    w.add_argument("--key", required=True, help="the witness's signer key file (keygen --witness)")
+    w.add_argument(
+        "--log",
+        action="append",
+        required=True,
+        metavar="VKEY",
+        help="a log to witness: its verifier key (origin = the key's name), or @FILE (repeatable)",
+    )
+    w.add_argument("--state-dir", default="witness-state", help="default %(default)s")
+    w.add_argument("--listen", default="127.0.0.1:7380", help="default %(default)s")
+    w.add_argument("--prefix", default="", help="submission prefix path (default: none)")
+    w.set_defaults(func=cmd_witness_serve)
     for action in sub._choices_actions:
         command = sub.choices[action.dest]
         if command.description is None and action.help:

@@ -35,6 +35,9 @@ class FsckReport:
     size: int = 0
     """The size of the tree the stored checkpoint signs (0 if it could not be read)."""
     entries_checked: int = 0
+    """How many entry records were read."""
+    stored_size: int = 0
+    """One past the highest stored entry index."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -75,25 +78,53 @@ def _check_meta(
         report.add(f"meta[format]: {fmt!r}, want {FORMAT_VERSION!r}")
     stored_origin = snapshot.meta(META_ORIGIN)
     note = snapshot.checkpoint()
+    if stored_origin is None:
+        report.add("meta[origin]: missing")
     if note is None:
         report.add("meta[checkpoint]: missing")
         return None
-    want_origin = origin if origin is not None else (stored_origin or b"").decode(errors="replace")
+    # The checkpoint is checked against the key (and the origin the caller
+    # names), never against the stored origin: a damaged origin record must be
+    # reported as itself, not as a bad checkpoint.
     try:
-        signed = open_checkpoint(note, verifier, origin=want_origin or None)
+        signed = open_checkpoint(note, verifier, origin=origin)
     except SealogError as e:
         report.add(f"meta[checkpoint]: does not verify with the given key: {e}")
         return None
     report.size = signed.checkpoint.size
-    if (
-        stored_origin is not None
-        and stored_origin.decode(errors="replace") != signed.checkpoint.origin
-    ):
+    if stored_origin is not None and stored_origin != signed.checkpoint.origin.encode():
         report.add(
-            f"meta[origin]: {stored_origin!r}, but the checkpoint's origin is "
+            f"meta[origin]: {stored_origin!r}, but the signed checkpoint's origin is "
             f"{signed.checkpoint.origin!r}"
         )
     return signed.checkpoint.root_hash
+
+
+class _HashRecords:
+    """The ``hashes`` table in index order, looked up in step with the entries."""
+
+    def __init__(self, records: Iterator[tuple[int, bytes]], report: FsckReport) -> None:
+        self._records = records
+        self._report = report
+        self._head = next(records, None)
+
+    def take(self, index: int) -> bytes | None:
+        """The record of leaf ``index``, reporting records before it that no entry claimed."""
+        while self._head is not None and self._head[0] < index:
+            self._report.add(f"hashes[{self._head[0]}]: record with no entry")
+            self._head = next(self._records, None)
+        if self._head is None or self._head[0] != index:
+            return None
+        value = self._head[1]
+        self._head = next(self._records, None)
+        return value
+
+    def rest(self) -> list[int]:
+        """The indices of the records not taken."""
+        out = [] if self._head is None else [self._head[0]]
+        out.extend(i for i, _ in self._records)
+        self._head = None
+        return out
 
 
 def _check_tree(
@@ -106,19 +137,24 @@ def _check_tree(
     size = report.size
     bar = Progress("fsck", size, enabled=progress)
     tree = CompactRange()
-    hash_records = snapshot.iter_hash_records()
-    expected = 0
+    records = _HashRecords(snapshot.iter_hash_records(), report)
+    expected = 0  # one past the highest entry index seen
+    stored = 0
+    broken = False  # the tree cannot be recomputed any further
     last_ms = 0
     for index, leaf in snapshot.iter_entries():
         if len(report.problems) >= max_problems:
             report.add(f"stopping after {max_problems} problems")
             return
-        if index != expected:
-            if index < 0 or index < expected:
-                report.add(f"entries: a record with a malformed key after index {expected - 1}")
-                continue
+        if index < expected:  # only a key that is not a big-endian uint64 sorts like this
+            report.add(f"entries: a record with a malformed key after index {expected - 1}")
+            continue
+        if index > expected:
             report.add(f"entries[{expected}..{index - 1}]: missing")
-            return
+            broken = broken or not _bridge(tree, records, min(index, size), report)
+            if not broken and tree.size == size and root is not None:
+                _check_root(tree, root, report)
+            broken = broken or tree.size != index
         try:
             parsed = Leaf.parse(leaf)
         except SealogError as e:
@@ -130,41 +166,58 @@ def _check_tree(
                     f"previous entry's {last_ms}"
                 )
             last_ms = max(last_ms, parsed.accepted_at_ms)
-        completed = tree.append(leaf_hash(leaf))
-        _check_hash_record(hash_records, index, completed, report)
-        expected += 1
-        if index + 1 == size and root is not None:
-            _check_root(tree, root, report)
-        if expected % 4096 == 0:
-            bar.update(expected)
-    bar.update(expected)
+        if not broken:
+            completed = tree.append(leaf_hash(leaf))
+            _check_hash_record(records.take(index), index, completed, report)
+            if index + 1 == size and root is not None:
+                _check_root(tree, root, report)
+        stored += 1
+        expected = index + 1
+        if stored % 4096 == 0:
+            bar.update(min(expected, size) if size else stored)
+    bar.update(min(expected, size) if size else stored)
     bar.finish()
-    report.entries_checked = expected
+    report.entries_checked = stored
+    report.stored_size = expected
     if expected < size:
         report.add(
-            f"entries: {expected} leaves stored, but the signed checkpoint is for {size} "
+            f"entries: {stored} leaves stored, but the signed checkpoint is for {size} "
             f"(entries[{expected}..{size - 1}] missing)"
         )
     elif expected > size and root is not None:
         report.add(f"entries[{size}..{expected - 1}]: stored beyond the signed checkpoint")
     if size == 0 and root is not None:
         _check_root(tree, root, report)
-    extra = [i for i, _ in hash_records]
-    if extra:
-        report.add(f"hashes[{extra[0]}..{extra[-1]}]: records with no entry")
+    if not broken:
+        extra = records.rest()
+        if extra:
+            report.add(f"hashes[{extra[0]}..{extra[-1]}]: records with no entry")
+
+
+def _bridge(tree: CompactRange, records: _HashRecords, end: int, report: FsckReport) -> bool:
+    """Carry the tree over missing entries ``[tree.size, end)`` with their stored leaf hashes.
+
+    Return False (the tree cannot be recomputed further) when a hash record is
+    missing too. Stored hashes are only trusted this far: the root check still
+    compares the result with the signed checkpoint.
+    """
+    for index in range(tree.size, end):
+        stored = records.take(index)
+        if stored is None or len(stored) < 32:
+            report.add(
+                f"hashes[{index}]: missing too, so the tree cannot be recomputed past index {index}"
+            )
+            return False
+        _check_hash_record(stored, index, tree.append(stored[:32]), report)
+    return True
 
 
 def _check_hash_record(
-    records: Iterator[tuple[int, bytes]], index: int, completed: list[bytes], report: FsckReport
+    stored: bytes | None, index: int, completed: list[bytes], report: FsckReport
 ) -> None:
-    record = next(records, None)
-    while record is not None and record[0] < index:
-        report.add(f"hashes[{record[0]}]: record with no entry")
-        record = next(records, None)
-    if record is None or record[0] != index:
+    if stored is None:
         report.add(f"hashes[{index}]: missing")
         return
-    stored = record[1]
     if len(stored) != 32 * len(completed):
         report.add(
             f"hashes[{index}]: {len(stored)} bytes, want {32 * len(completed)} "
@@ -173,7 +226,11 @@ def _check_hash_record(
     for level, h in enumerate(completed):
         got = stored[32 * level : 32 * level + 32]
         if got and not hmac.compare_digest(got, h):
-            what = "leaf hash" if level == 0 else f"node level {level} index {index >> level}"
+            if level == 0:
+                what = f"leaf hash of entries[{index}]"
+            else:
+                first = (index >> level) << level
+                what = f"node level {level} index {index >> level}, over entries[{first}..{index}]"
             report.add(
                 f"hashes[{index}] level {level} ({what}): stored {_hex(got)}, "
                 f"recomputed from entries {_hex(h)}"
@@ -190,7 +247,7 @@ def _check_root(tree: CompactRange, root: bytes, report: FsckReport) -> None:
 
 
 def _check_indexes(snapshot: ReadSnapshot, report: FsckReport) -> None:
-    n = report.entries_checked
+    n = report.stored_size
     for prefix, index in snapshot.iter_leaf_index():
         if not 0 <= index < n:
             report.add(f"leaf_index[{_hex(prefix)}]: points to {index}, beyond the stored leaves")

@@ -20,6 +20,7 @@ retries the batch.
 from __future__ import annotations
 
 import errno
+import os
 import struct
 import threading
 from collections.abc import Iterator, Sequence
@@ -51,6 +52,13 @@ def _u64(n: int) -> bytes:
 def _index(key: bytes) -> int:
     """A big-endian uint64 key; a record of another length (corruption) decodes as -1."""
     return int(_U64.unpack(key)[0]) if len(key) == _U64.size else -1
+
+
+def _stored_index(data: bytes, where: str) -> int:
+    """A stored big-endian uint64; anything else is corruption, named by ``where``."""
+    if len(data) != _U64.size:
+        raise StorageCorruptError(f"{where}: {bytes(data).hex()} is not an 8-byte index")
+    return int(_U64.unpack(data)[0])
 
 
 class _RWLock:
@@ -135,7 +143,7 @@ class _Txn:
                 return
             expected = start
             for key, value in cur:
-                index = _U64.unpack(key)[0]
+                index = _stored_index(key, "entries: record key")
                 if index >= end:
                     break
                 if index != expected:
@@ -150,7 +158,7 @@ class _Txn:
             if not cur.set_key(leaf_hash[:_LEAF_PREFIX_BYTES]):
                 return None
             for value in cur.iternext_dup():
-                index = _U64.unpack(value)[0]
+                index = _stored_index(value, f"leaf_index[{leaf_hash[:8].hex()}]")
                 if index >= below:
                     break
                 if self.read_hashes([NodeID(0, index)])[0] == leaf_hash:
@@ -159,7 +167,9 @@ class _Txn:
 
     def find_idempotency(self, key_digest: bytes) -> int | None:
         value = self._txn.get(key_digest, db=self._s._idempotency)
-        return None if value is None else int(_U64.unpack(value)[0])
+        if value is None:
+            return None
+        return _stored_index(value, f"idempotency[{key_digest.hex()}]")
 
     def _iter(self, db: Any) -> Iterator[tuple[bytes, bytes]]:
         with self._txn.cursor(db=db) as cur:
@@ -186,7 +196,7 @@ class _Txn:
         with self._txn.cursor(db=self._s._entries) as cur:
             if not cur.last():
                 return 0
-            return int(_U64.unpack(cur.key())[0]) + 1
+            return _stored_index(cur.key(), "entries: the last record's key") + 1
 
     # --- WriteBatch ---------------------------------------------------
     def append_leaf(self, index: int, leaf: bytes, node_hashes: Sequence[bytes]) -> None:
@@ -205,6 +215,13 @@ class _Txn:
 
     def set_meta(self, key: bytes, value: bytes) -> None:
         self._txn.put(key, value, db=self._s._meta)
+
+    # --- witness cosignatures: one metadata value (docs/storage.md) ------
+    def cosignatures(self) -> bytes | None:
+        return self.meta(b"cosignatures")
+
+    def set_cosignatures(self, value: bytes) -> None:
+        self.set_meta(b"cosignatures", value)
 
 
 class LmdbStorage:
@@ -271,7 +288,7 @@ class LmdbStorage:
             raise RetryBatchError("storage map grown; run the batch again") from None
         except (lmdb.Error, OSError) as e:
             txn.abort()
-            raise StorageUnavailableError(_describe(e)) from e
+            raise StorageUnavailableError(_describe(e, self.path)) from e
         except BaseException:
             txn.abort()
             raise
@@ -296,8 +313,34 @@ class LmdbStorage:
         self._env.close()
 
 
-def _describe(e: BaseException) -> str:
+_FULL_BELOW_BYTES = 1 << 20
+"""Free space under which a failed write is reported as a full disk."""
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _describe(e: BaseException, path: Path) -> str:
+    """Say why a commit failed; a full disk is named as such.
+
+    LMDB reports a short write (the disk filled up in the middle of a commit)
+    as EIO, not ENOSPC, so the free space left decides.
+    """
     text = str(e)
-    if "No space left" in text or getattr(e, "errno", None) == errno.ENOSPC:
-        return "storage is full (no space left on device); free space and retry"
+    free = _free_bytes(path)
+    if (
+        "No space left" in text
+        or getattr(e, "errno", None) == errno.ENOSPC
+        or (free is not None and free < _FULL_BELOW_BYTES)
+    ):
+        left = "" if free is None else f", {free} bytes free"
+        return (
+            f"storage is full (no space left on device{left} under {path}: {text}); "
+            "free space and retry"
+        )
     return f"storage write failed: {text}"

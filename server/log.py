@@ -7,19 +7,39 @@ reached is :class:`OutOfRangeError`, never a proof for another tree.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from sealog.client.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from sealog.client.compact import CompactRange
-from sealog.client.errors import SealogError
+from sealog.client.cosignature import CosignatureVerifier, verify_cosignatures
+from sealog.client.errors import (
+    FormatError,
+    InvalidSignatureError,
+    SealogError,
+    VerificationError,
+)
 from sealog.client.hashing import EMPTY_ROOT
 from sealog.client.leaf import Leaf
-from sealog.client.note import NoteSigner, NoteVerifier
+from sealog.client.note import NoteSigner, NoteVerifier, parse_note
 from sealog.client.proof import subtree_nodes
 from sealog.server.config import Settings
-from sealog.server.errors import NotFoundError, OutOfRangeError
+from sealog.server.cosignatures import (
+    StoredCosignature,
+    decode_cosignatures,
+    encode_cosignatures,
+    merge_cosignature,
+    witnessed_note,
+)
+from sealog.server.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from sealog.server.proofs import (
     build_consistency_proof,
     build_inclusion_proof,
@@ -31,10 +51,14 @@ from sealog.server.storage import (
     META_FORMAT,
     META_ORIGIN,
     ReadSnapshot,
+    RetryBatchError,
     Storage,
+    StorageUnavailableError,
 )
 
 __all__ = ["EntriesPage", "Log", "StartupCheckError"]
+
+logger = logging.getLogger(__name__)
 
 
 class StartupCheckError(SealogError):
@@ -67,17 +91,23 @@ class Log:
         verifier: NoteVerifier,
         origin: str,
         settings: Settings | None = None,
+        *,
+        witnesses: Sequence[CosignatureVerifier] = (),
     ) -> None:
         """Open the log: create it if the storage is empty, else check it (see :meth:`_check`).
 
-        Raises :class:`StartupCheckError` if the stored tree, the stored
-        checkpoint and this key and origin do not all agree.
+        ``witnesses`` are the witness keys whose cosignatures
+        :meth:`add_cosignature` accepts. Raises :class:`StartupCheckError` if
+        the stored tree, the stored checkpoint and this key and origin do not
+        all agree.
         """
         self.storage = storage
         self.origin = origin
         self.settings = settings or Settings()
+        self.witnesses = tuple(witnesses)
         self._verifier = verifier
         self._checkpoint_lock = threading.Lock()
+        self._listeners: list[Callable[[bytes], None]] = []
         tree, last_ms = self._open(signer)
         self._sequencer = Sequencer(
             storage,
@@ -147,6 +177,20 @@ class Log:
     def _set_checkpoint(self, note: bytes) -> None:
         with self._checkpoint_lock:
             self._checkpoint = note
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(note)
+            except Exception:  # a listener must never stop the sequencer
+                logger.exception("checkpoint listener failed")
+
+    def add_checkpoint_listener(self, listener: Callable[[bytes], None]) -> None:
+        """Call ``listener(note)`` on the sequencer's thread after each new checkpoint.
+
+        It must return quickly (hand the note to another thread).
+        """
+        with self._checkpoint_lock:
+            self._listeners.append(listener)
 
     # --- writes -----------------------------------------------------------
     def append(self, items: Sequence[AppendItem], identity: str) -> AppendOutcome:
@@ -174,16 +218,34 @@ class Log:
         if tree_size > size:
             raise OutOfRangeError(f"{field}: {tree_size}, but the log's size is {size}")
 
-    def checkpoint(self, first_tree_size: int = 0) -> tuple[bytes, list[bytes]]:
-        """The latest checkpoint, with the consistency proof from ``first_tree_size`` if > 0."""
+    def checkpoint(
+        self, first_tree_size: int = 0, *, witnessed: bool = False
+    ) -> tuple[bytes, list[bytes]]:
+        """The latest checkpoint, with the consistency proof from ``first_tree_size`` if > 0.
+
+        With ``witnessed``, the witnessed checkpoint instead
+        (:mod:`sealog.server.cosignatures`); :class:`NotFoundError` if there is none yet.
+        """
         with self.storage.read() as snap:
             note = snap.checkpoint()
             assert note is not None
             size = self._size(snap)
+            what = "the log's size"
+            if witnessed:
+                stored = decode_cosignatures(snap.cosignatures())
+                found = witnessed_note(stored, self.witnesses)
+                if found is None:
+                    raise NotFoundError(
+                        "no witnessed checkpoint yet: no accepted witness has cosigned one"
+                        if self.witnesses
+                        else "no witnessed checkpoint: this log accepts no witnesses"
+                    )
+                note = found
+                size = int(note.split(b"\n", 2)[1])
+                what = "the witnessed checkpoint's size"
             if first_tree_size > size:
                 raise OutOfRangeError(
-                    f"GetCheckpointRequest.first_tree_size: {first_tree_size}, "
-                    f"but the log's size is {size}"
+                    f"GetCheckpointRequest.first_tree_size: {first_tree_size}, but {what} is {size}"
                 )
             proof: list[bytes] = []
             if 0 < first_tree_size < size:
@@ -236,3 +298,70 @@ class Log:
                 leaves = tuple(snap.leaves(page_start, page_end))
                 frontier, consistency = build_range_proof(snap, page_start, page_end, tree_size)
             yield EntriesPage(page_start, leaves, tuple(frontier), tuple(consistency))
+
+    # --- witness cosignatures -----------------------------------------------
+    def add_cosignature(self, note: bytes) -> bytes:
+        """Store the cosignatures on one of this log's checkpoints; return the witnessed note.
+
+        The note must carry this log's valid signature over a checkpoint whose
+        root is this tree's root at that size, and at least one valid
+        cosignature by an accepted witness (:class:`PermissionDeniedError`
+        otherwise; a bad line by an accepted witness is
+        :class:`InvalidArgumentError`). Lines by other keys are dropped. Each
+        witness keeps its newest cosignature (:func:`merge_cosignature`).
+        """
+        field = "AddCosignatureRequest.checkpoint"
+        if not self.witnesses:
+            raise PermissionDeniedError(
+                f"{field}: this log accepts no witness cosignatures "
+                "(start it with --witness-vkey to name the witnesses it accepts)"
+            )
+        try:
+            signed = open_checkpoint(note, self._verifier, origin=self.origin)
+            cosignatures = verify_cosignatures(note, self.witnesses)
+        except InvalidSignatureError as e:
+            raise InvalidArgumentError(
+                f"{field}: the signature by {e.name}+{e.key_hash:08x} does not verify"
+            ) from e
+        except (FormatError, VerificationError) as e:
+            raise InvalidArgumentError(f"{field}: not a checkpoint signed by this log: {e}") from e
+        if not cosignatures:
+            names = ", ".join(f"{w.name}+{w.key_hash:08x}" for w in self.witnesses)
+            raise PermissionDeniedError(
+                f"{field}: no cosignature by a witness this log accepts (it accepts {names})"
+            )
+        cp = signed.checkpoint
+        with self.storage.read() as snap:
+            self._need_size(snap, f"{field} tree size", cp.size)
+            root = (
+                CompactRange(cp.size, snap.read_hashes(subtree_nodes(0, cp.size))).root()
+                if cp.size
+                else EMPTY_ROOT
+            )
+        if root != cp.root_hash:
+            logger.error("a checkpoint signed by this log's key is not of its tree: %r", note)
+            raise InvalidArgumentError(
+                f"{field}: root of size {cp.size} is not this log's root at that size"
+            )
+        text, lines = parse_note(note)
+        log_line = signed.verified[0]
+        wanted = {(c.name, c.key_hash) for c in cosignatures}
+        new: list[StoredCosignature] = []
+        for line in lines:
+            if (line.name, line.key_hash) in wanted:
+                wanted.discard((line.name, line.key_hash))
+                new.append(StoredCosignature(text, log_line, line))
+        for _attempt in range(8):
+            try:
+                with self.storage.write() as w:
+                    stored = decode_cosignatures(w.cosignatures())
+                    if any([merge_cosignature(stored, c) for c in new]):
+                        w.set_cosignatures(encode_cosignatures(stored))
+                    result = witnessed_note(stored, self.witnesses)
+                assert result is not None
+                return result
+            except RetryBatchError:
+                continue
+            except StorageUnavailableError as e:
+                raise UnavailableError(str(e), 5.0) from e
+        raise UnavailableError("storage kept growing; retry", 1.0)

@@ -24,6 +24,7 @@ from sealog.server.errors import (
     InvalidArgumentError,
     NotFoundError,
     OutOfRangeError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
 )
@@ -40,6 +41,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidProofError, grpc.StatusCode.INVALID_ARGUMENT),
     (OutOfRangeError, grpc.StatusCode.OUT_OF_RANGE),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (concurrent.futures.TimeoutError, grpc.StatusCode.UNAVAILABLE),
@@ -146,8 +148,17 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
     def GetCheckpoint(  # noqa: N802
         self, request: log_pb2.GetCheckpointRequest, context: grpc.ServicerContext
     ) -> log_pb2.GetCheckpointResponse:
-        note, proof = self._log.checkpoint(request.first_tree_size)
+        note, proof = self._log.checkpoint(request.first_tree_size, witnessed=request.witnessed)
         return log_pb2.GetCheckpointResponse(checkpoint=note, consistency_proof=proof)
+
+    @_unary
+    def AddCosignature(  # noqa: N802
+        self, request: log_pb2.AddCosignatureRequest, context: grpc.ServicerContext
+    ) -> log_pb2.AddCosignatureResponse:
+        validate.check_add_cosignature_request(request)
+        return log_pb2.AddCosignatureResponse(
+            checkpoint=self._log.add_cosignature(request.checkpoint)
+        )
 
     @_unary
     def GetInclusionProof(  # noqa: N802

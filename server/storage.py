@@ -22,6 +22,7 @@ from sealog.client.proof import NodeID
 
 __all__ = [
     "FORMAT_VERSION",
+    "META_COSIGNATURES",
     "META_FORMAT",
     "META_ORIGIN",
     "ReadSnapshot",
@@ -38,6 +39,8 @@ META_ORIGIN = b"origin"
 """Metadata key: the log's origin, fixed when the log is created."""
 META_FORMAT = b"format"
 """Metadata key: the storage format version."""
+META_COSIGNATURES = b"cosignatures"
+"""Metadata key: the latest cosignature of each witness (:mod:`sealog.server.cosignatures`)."""
 FORMAT_VERSION = b"sealog-lmdb-1"
 """The storage format this code reads and writes."""
 
@@ -110,6 +113,10 @@ class ReadSnapshot(Protocol):
         """Every (key digest, index) record of the idempotency index (for fsck)."""
         ...
 
+    def cosignatures(self) -> bytes | None:
+        """The stored witness cosignatures (:mod:`sealog.server.cosignatures`), or None."""
+        ...
+
 
 class WriteBatch(ReadSnapshot, Protocol):
     """A write transaction: its reads see its own writes; it commits all or nothing."""
@@ -128,6 +135,10 @@ class WriteBatch(ReadSnapshot, Protocol):
 
     def set_meta(self, key: bytes, value: bytes) -> None:
         """Store a metadata value."""
+        ...
+
+    def set_cosignatures(self, value: bytes) -> None:
+        """Replace the stored witness cosignatures (:mod:`sealog.server.cosignatures`)."""
         ...
 
 

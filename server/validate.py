@@ -14,12 +14,18 @@ from sealog.server.sequencer import AppendItem
 from sealog.v1 import log_pb2
 
 __all__ = [
+    "MAX_NOTE_BYTES",
     "append_items",
+    "check_add_cosignature_request",
     "check_consistency_request",
     "check_entries_request",
     "check_inclusion_by_hash_request",
     "check_inclusion_request",
 ]
+
+
+MAX_NOTE_BYTES = 64 * 1024
+"""Largest signed note AddCosignature takes: a checkpoint with up to 100 signature lines."""
 
 
 def _fail(field: str, value: object, rule: str) -> InvalidArgumentError:
@@ -115,3 +121,13 @@ def check_entries_request(request: log_pb2.GetEntriesRequest, settings: Settings
     if request.page_size > settings.max_page_size:
         raise _fail(f"{name}.page_size", request.page_size, f"<= {settings.max_page_size}")
     return request.page_size or settings.default_page_size
+
+
+def check_add_cosignature_request(request: log_pb2.AddCosignatureRequest) -> None:
+    """AddCosignatureRequest: a non-empty note of at most :data:`MAX_NOTE_BYTES`."""
+    name = "AddCosignatureRequest.checkpoint"
+    size = len(request.checkpoint)
+    if size == 0:
+        raise _fail(name, "0 bytes", "a signed checkpoint note")
+    if size > MAX_NOTE_BYTES:
+        raise _fail(name, f"{size} bytes", f"<= {MAX_NOTE_BYTES}")

@@ -392,10 +392,13 @@ class RunningLog:
         settings: Settings | None = None,
         origin: str = "sealog.localhost/log",
         key_file: Path | None = None,
+        **server_options: Any,
     ) -> None:
         self.data_dir = data_dir
         self.origin = origin
-        self.server = LogServer.open(data_dir, origin=origin, key_file=key_file, settings=settings)
+        self.server = LogServer.open(
+            data_dir, origin=origin, key_file=key_file, settings=settings, **server_options
+        )
         self.verifier: Ed25519Verifier = self.server.signer.verifier()
         self._closeables: list[LogClient | grpc.Channel] = []
         self._stopped = False

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13sealog/v1/log.proto\x12\tsealog.v1\"7\n\x0b\x41ppendEntry\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"8\n\rAppendRequest\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.sealog.v1.AppendEntry\">\n\nRangeProof\x12\x15\n\rleft_frontier\x18\x01 \x03(\x0c\x12\x19\n\x11\x63onsistency_proof\x18\x02 \x03(\x0c\"X\n\rAppendedEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04leaf\x18\x02 \x01(\x0c\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x17\n\x0finclusion_proof\x18\x04 \x03(\x0c\"\x97\x01\n\x0e\x41ppendResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12)\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x18.sealog.v1.AppendedEntry\x12\r\n\x05start\x18\x03 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x04\x12*\n\x0brange_proof\x18\x05 \x01(\x0b\x32\x15.sealog.v1.RangeProof\"/\n\x14GetCheckpointRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\"F\n\x15GetCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12\x19\n\x11\x63onsistency_proof\x18\x02 \x03(\x0c\"A\n\x18GetInclusionProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"F\n\x1eGetInclusionProofByHashRequest\x12\x11\n\tleaf_hash\x18\x01 \x01(\x0c\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"[\n\x19GetInclusionProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x17\n\x0finclusion_proof\x18\x03 \x03(\x0c\"O\n\x1aGetConsistencyProofRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\"8\n\x1bGetConsistencyProofResponse\x12\x19\n\x11\x63onsistency_proof\x18\x01 \x03(\x0c\"U\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x11\n\tpage_size\x18\x04 \x01(\r\"X\n\x0b\x45ntriesPage\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0e\n\x06leaves\x18\x02 \x03(\x0c\x12*\n\x0brange_proof\x18\x03 \x01(\x0b\x32\x15.sealog.v1.RangeProof\"@\n\x17GetEntryAndProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"h\n\x18GetEntryAndProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0c\n\x04leaf\x18\x03 \x01(\x0c\x12\x17\n\x0finclusion_proof\x18\x04 \x03(\x0c\x32\xf4\x04\n\nLogService\x12=\n\x06\x41ppend\x12\x18.sealog.v1.AppendRequest\x1a\x19.sealog.v1.AppendResponse\x12R\n\rGetCheckpoint\x12\x1f.sealog.v1.GetCheckpointRequest\x1a .sealog.v1.GetCheckpointResponse\x12^\n\x11GetInclusionProof\x12#.sealog.v1.GetInclusionProofRequest\x1a$.sealog.v1.GetInclusionProofResponse\x12j\n\x17GetInclusionProofByHash\x12).sealog.v1.GetInclusionProofByHashRequest\x1a$.sealog.v1.GetInclusionProofResponse\x12\x64\n\x13GetConsistencyProof\x12%.sealog.v1.GetConsistencyProofRequest\x1a&.sealog.v1.GetConsistencyProofResponse\x12\x44\n\nGetEntries\x12\x1c.sealog.v1.GetEntriesRequest\x1a\x16.sealog.v1.EntriesPage0\x01\x12[\n\x10GetEntryAndProof\x12\".sealog.v1.GetEntryAndProofRequest\x1a#.sealog.v1.GetEntryAndProofResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13sealog/v1/log.proto\x12\tsealog.v1\"7\n\x0b\x41ppendEntry\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"8\n\rAppendRequest\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.sealog.v1.AppendEntry\">\n\nRangeProof\x12\x15\n\rleft_frontier\x18\x01 \x03(\x0c\x12\x19\n\x11\x63onsistency_proof\x18\x02 \x03(\x0c\"X\n\rAppendedEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04leaf\x18\x02 \x01(\x0c\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x17\n\x0finclusion_proof\x18\x04 \x03(\x0c\"\x97\x01\n\x0e\x41ppendResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12)\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x18.sealog.v1.AppendedEntry\x12\r\n\x05start\x18\x03 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x04\x12*\n\x0brange_proof\x18\x05 \x01(\x0b\x32\x15.sealog.v1.RangeProof\"B\n\x14GetCheckpointRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x11\n\twitnessed\x18\x02 \x01(\x08\"F\n\x15GetCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12\x19\n\x11\x63onsistency_proof\x18\x02 \x03(\x0c\"A\n\x18GetInclusionProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"F\n\x1eGetInclusionProofByHashRequest\x12\x11\n\tleaf_hash\x18\x01 \x01(\x0c\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"[\n\x19GetInclusionProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x17\n\x0finclusion_proof\x18\x03 \x03(\x0c\"O\n\x1aGetConsistencyProofRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\"8\n\x1bGetConsistencyProofResponse\x12\x19\n\x11\x63onsistency_proof\x18\x01 \x03(\x0c\"U\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x11\n\tpage_size\x18\x04 \x01(\r\"X\n\x0b\x45ntriesPage\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0e\n\x06leaves\x18\x02 \x03(\x0c\x12*\n\x0brange_proof\x18\x03 \x01(\x0b\x32\x15.sealog.v1.RangeProof\"@\n\x17GetEntryAndProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"h\n\x18GetEntryAndProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0c\n\x04leaf\x18\x03 \x01(\x0c\x12\x17\n\x0finclusion_proof\x18\x04 \x03(\x0c\"+\n\x15\x41\x64\x64\x43osignatureRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\",\n\x16\x41\x64\x64\x43osignatureResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x32\xcb\x05\n\nLogService\x12=\n\x06\x41ppend\x12\x18.sealog.v1.AppendRequest\x1a\x19.sealog.v1.AppendResponse\x12R\n\rGetCheckpoint\x12\x1f.sealog.v1.GetCheckpointRequest\x1a .sealog.v1.GetCheckpointResponse\x12^\n\x11GetInclusionProof\x12#.sealog.v1.GetInclusionProofRequest\x1a$.sealog.v1.GetInclusionProofResponse\x12j\n\x17GetInclusionProofByHash\x12).sealog.v1.GetInclusionProofByHashRequest\x1a$.sealog.v1.GetInclusionProofResponse\x12\x64\n\x13GetConsistencyProof\x12%.sealog.v1.GetConsistencyProofRequest\x1a&.sealog.v1.GetConsistencyProofResponse\x12\x44\n\nGetEntries\x12\x1c.sealog.v1.GetEntriesRequest\x1a\x16.sealog.v1.EntriesPage0\x01\x12[\n\x10GetEntryAndProof\x12\".sealog.v1.GetEntryAndProofRequest\x1a#.sealog.v1.GetEntryAndProofResponse\x12U\n\x0e\x41\x64\x64\x43osignature\x12 .sealog.v1.AddCosignatureRequest\x1a!.sealog.v1.AddCosignatureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,27 +42,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDRESPONSE']._serialized_start=304
   _globals['_APPENDRESPONSE']._serialized_end=455
   _globals['_GETCHECKPOINTREQUEST']._serialized_start=457
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=504
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=506
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=576
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=578
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=643
-  _globals['_GETINCLUSIONPROOFBYHASHREQUEST']._serialized_start=645
-  _globals['_GETINCLUSIONPROOFBYHASHREQUEST']._serialized_end=715
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=717
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=808
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=810
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=889
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=891
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=947
-  _globals['_GETENTRIESREQUEST']._serialized_start=949
-  _globals['_GETENTRIESREQUEST']._serialized_end=1034
-  _globals['_ENTRIESPAGE']._serialized_start=1036
-  _globals['_ENTRIESPAGE']._serialized_end=1124
-  _globals['_GETENTRYANDPROOFREQUEST']._serialized_start=1126
-  _globals['_GETENTRYANDPROOFREQUEST']._serialized_end=1190
-  _globals['_GETENTRYANDPROOFRESPONSE']._serialized_start=1192
-  _globals['_GETENTRYANDPROOFRESPONSE']._serialized_end=1296
-  _globals['_LOGSERVICE']._serialized_start=1299
-  _globals['_LOGSERVICE']._serialized_end=1927
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=523
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=525
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=595
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=597
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=662
+  _globals['_GETINCLUSIONPROOFBYHASHREQUEST']._serialized_start=664
+  _globals['_GETINCLUSIONPROOFBYHASHREQUEST']._serialized_end=734
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=736
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=827
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=829
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=908
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=910
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=966
+  _globals['_GETENTRIESREQUEST']._serialized_start=968
+  _globals['_GETENTRIESREQUEST']._serialized_end=1053
+  _globals['_ENTRIESPAGE']._serialized_start=1055
+  _globals['_ENTRIESPAGE']._serialized_end=1143
+  _globals['_GETENTRYANDPROOFREQUEST']._serialized_start=1145
+  _globals['_GETENTRYANDPROOFREQUEST']._serialized_end=1209
+  _globals['_GETENTRYANDPROOFRESPONSE']._serialized_start=1211
+  _globals['_GETENTRYANDPROOFRESPONSE']._serialized_end=1315
+  _globals['_ADDCOSIGNATUREREQUEST']._serialized_start=1317
+  _globals['_ADDCOSIGNATUREREQUEST']._serialized_end=1360
+  _globals['_ADDCOSIGNATURERESPONSE']._serialized_start=1362
+  _globals['_ADDCOSIGNATURERESPONSE']._serialized_end=1406
+  _globals['_LOGSERVICE']._serialized_start=1409
+  _globals['_LOGSERVICE']._serialized_end=2124
 # @@protoc_insertion_point(module_scope)

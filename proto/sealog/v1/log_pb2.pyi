@@ -55,10 +55,12 @@ class AppendResponse(_message.Message):
     def __init__(self, checkpoint: _Optional[bytes] = ..., entries: _Optional[_Iterable[_Union[AppendedEntry, _Mapping]]] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., range_proof: _Optional[_Union[RangeProof, _Mapping]] = ...) -> None: ...
 
 class GetCheckpointRequest(_message.Message):
-    __slots__ = ("first_tree_size",)
+    __slots__ = ("first_tree_size", "witnessed")
     FIRST_TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WITNESSED_FIELD_NUMBER: _ClassVar[int]
     first_tree_size: int
-    def __init__(self, first_tree_size: _Optional[int] = ...) -> None: ...
+    witnessed: bool
+    def __init__(self, first_tree_size: _Optional[int] = ..., witnessed: _Optional[bool] = ...) -> None: ...
 
 class GetCheckpointResponse(_message.Message):
     __slots__ = ("checkpoint", "consistency_proof")
@@ -149,3 +151,15 @@ class GetEntryAndProofResponse(_message.Message):
     leaf: bytes
     inclusion_proof: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, leaf_index: _Optional[int] = ..., tree_size: _Optional[int] = ..., leaf: _Optional[bytes] = ..., inclusion_proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class AddCosignatureRequest(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: bytes
+    def __init__(self, checkpoint: _Optional[bytes] = ...) -> None: ...
+
+class AddCosignatureResponse(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: bytes
+    def __init__(self, checkpoint: _Optional[bytes] = ...) -> None: ...

@@ -69,6 +69,11 @@ class LogServiceStub:
                 request_serializer=sealog_dot_v1_dot_log__pb2.GetEntryAndProofRequest.SerializeToString,
                 response_deserializer=sealog_dot_v1_dot_log__pb2.GetEntryAndProofResponse.FromString,
                 _registered_method=True)
+        self.AddCosignature = channel.unary_unary(
+                '/sealog.v1.LogService/AddCosignature',
+                request_serializer=sealog_dot_v1_dot_log__pb2.AddCosignatureRequest.SerializeToString,
+                response_deserializer=sealog_dot_v1_dot_log__pb2.AddCosignatureResponse.FromString,
+                _registered_method=True)
 
 
 class LogServiceServicer:
@@ -130,6 +135,18 @@ class LogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddCosignature(self, request, context):
+        """Submits a witness's cosignature (C2SP tlog-cosignature, cosignature/v1) of
+        one of this log's checkpoints. The log checks its own signature, that the
+        checkpoint's root is its tree's root at that size, and that at least one
+        cosignature line is by a witness key it is configured to accept (unknown
+        keys: PERMISSION_DENIED). It keeps the latest cosignature of each witness
+        and serves them through GetCheckpoint with `witnessed` set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +184,11 @@ def add_LogServiceServicer_to_server(servicer, server):
                     servicer.GetEntryAndProof,
                     request_deserializer=sealog_dot_v1_dot_log__pb2.GetEntryAndProofRequest.FromString,
                     response_serializer=sealog_dot_v1_dot_log__pb2.GetEntryAndProofResponse.SerializeToString,
+            ),
+            'AddCosignature': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCosignature,
+                    request_deserializer=sealog_dot_v1_dot_log__pb2.AddCosignatureRequest.FromString,
+                    response_serializer=sealog_dot_v1_dot_log__pb2.AddCosignatureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +380,33 @@ class LogService:
             '/sealog.v1.LogService/GetEntryAndProof',
             sealog_dot_v1_dot_log__pb2.GetEntryAndProofRequest.SerializeToString,
             sealog_dot_v1_dot_log__pb2.GetEntryAndProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddCosignature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealog.v1.LogService/AddCosignature',
+            sealog_dot_v1_dot_log__pb2.AddCosignatureRequest.SerializeToString,
+            sealog_dot_v1_dot_log__pb2.AddCosignatureResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,36 @@
+"""Replacing a small file atomically and durably: all of the new bytes or all of the old.
+
+The steps are the usual ones for POSIX file systems: write a temporary file
+in the same folder, ``fsync`` it, ``rename`` it over the target (atomic), then
+``fsync`` the folder so the rename itself survives a power cut. A crash at any
+instant leaves either the old file or the new one, never a torn mix; at worst
+a stray temporary file, which the next write replaces.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["write_durably"]
+
+
+def write_durably(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (see the module docstring)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
