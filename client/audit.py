@@ -35,7 +35,7 @@ from sealog.client.hashing import HASH_SIZE, leaf_hash
 from sealog.client.leaf import Leaf
 from sealog.client.log_client import LogClient
 
-__all__ = ["AuditEvent", "AuditResult", "audit_events", "events_from_jsonl"]
+__all__ = ["AuditResult", "SoughtEvent", "audit_events", "events_from_jsonl"]
 
 INCLUDED = "included"
 NOT_FOUND = "not_found"
@@ -44,7 +44,7 @@ ERROR = "error"
 
 
 @dataclass(frozen=True)
-class AuditEvent:
+class SoughtEvent:
     """One event to look for; at least one of index, leaf hash, leaf or payload."""
 
     label: str
@@ -78,7 +78,7 @@ class AuditResult:
     verification, or the call failed).
     """
 
-    event: AuditEvent
+    event: SoughtEvent
     status: str
     tree_size: int
     index: int | None = None
@@ -132,7 +132,7 @@ def _bytes(obj: dict[str, object], key: str, what: str) -> bytes | None:
         raise ValueError(f"{what}.{key}: not {'hex' if key == 'leaf_hash' else 'base64'}") from None
 
 
-def events_from_jsonl(lines: Iterable[str], source: str = "batch") -> list[AuditEvent]:
+def events_from_jsonl(lines: Iterable[str], source: str = "batch") -> list[SoughtEvent]:
     """Events from JSON lines, one object per line (blank lines skipped).
 
     Keys: ``index``, ``leaf_hash`` (hex), ``leaf_b64``, ``payload`` (text),
@@ -154,7 +154,7 @@ def events_from_jsonl(lines: Iterable[str], source: str = "batch") -> list[Audit
         if payload is None and isinstance(obj.get("payload"), str):
             payload = str(obj["payload"]).encode("utf-8")
         events.append(
-            AuditEvent(
+            SoughtEvent(
                 label=str(obj.get("label", what)),
                 index=_int(obj.get("index"), f"{what}.index"),
                 leaf_hash=_bytes(obj, "leaf_hash", what),
@@ -166,7 +166,7 @@ def events_from_jsonl(lines: Iterable[str], source: str = "batch") -> list[Audit
 
 
 def audit_events(
-    client: LogClient, events: Sequence[AuditEvent], checkpoint: SignedCheckpoint
+    client: LogClient, events: Sequence[SoughtEvent], checkpoint: SignedCheckpoint
 ) -> list[AuditResult]:
     """Look up and prove each event against ``checkpoint`` (already verified by the caller)."""
     size = checkpoint.checkpoint.size
@@ -187,7 +187,7 @@ def audit_events(
 
 
 def _scan_payloads(
-    client: LogClient, events: Sequence[AuditEvent], checkpoint: SignedCheckpoint
+    client: LogClient, events: Sequence[SoughtEvent], checkpoint: SignedCheckpoint
 ) -> dict[bytes, int]:
     """The first index of each wanted payload, reading every entry (verified)."""
     wanted = {e.payload for e in events if e.payload is not None}
@@ -203,7 +203,7 @@ def _scan_payloads(
 
 def _audit_one(
     client: LogClient,
-    event: AuditEvent,
+    event: SoughtEvent,
     checkpoint: SignedCheckpoint,
     found: dict[bytes, int],
 ) -> AuditResult:

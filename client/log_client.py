@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from sealog.client.api_key import with_api_key
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.cosignature import Cosignature, CosignatureVerifier
@@ -145,6 +146,10 @@ class LogClient:
     than ``witness_max_age_s`` do not count. A :class:`WitnessPolicy` may be
     passed instead. With a policy, :meth:`checkpoint` (and every proof that
     uses the default checkpoint) asks for the log's witnessed checkpoint.
+
+    ``api_key`` is presented on every call (``authorization: Bearer``);
+    ``credentials`` (see :func:`sealog.client.tls.channel_credentials`)
+    connect with TLS, with a client certificate for mutual TLS.
     """
 
     def __init__(
@@ -160,6 +165,7 @@ class LogClient:
         witnesses: WitnessPolicy | Sequence[CosignatureVerifier | str] = (),
         witness_threshold: int | None = None,
         witness_max_age_s: float | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.verifier: NoteVerifier = (
             Ed25519Verifier.from_vkey(verifier) if isinstance(verifier, str) else verifier
@@ -190,6 +196,8 @@ class LogClient:
             else:
                 channel = grpc.secure_channel(target, credentials, options=options)
         self._channel = channel
+        if api_key is not None:
+            channel = with_api_key(channel, api_key)
         self._stub = log_pb2_grpc.LogServiceStub(channel)  # type: ignore[no-untyped-call]
         self._last_note: tuple[bytes, SignedCheckpoint] | None = None
         self.last_received_note = b""
@@ -589,6 +597,70 @@ class LogClient:
             expected += len(page.leaves)
         if expected != end:
             raise VerificationError(f"GetEntries stopped at {expected}, want {end}")
+
+    def search(
+        self,
+        identity: str,
+        since_ms: int = 0,
+        until_ms: int = 0,
+        checkpoint: SignedCheckpoint | None = None,
+        *,
+        page_size: int = 0,
+    ) -> Iterator[Entry]:
+        """The entries ``identity`` appended with acceptance times in [since_ms, until_ms].
+
+        ``until_ms = 0`` means no upper bound. Every result is checked before it
+        is yielded: its inclusion proof in the checkpoint's tree, its identity
+        and its time, and that results come in index order. So an index that
+        returns the wrong entries is caught; one that leaves entries out is
+        not (only a full read of the log can show that).
+        """
+        signed = self._at(checkpoint)
+        cp = signed.checkpoint
+        if cp.size == 0:
+            return
+        start = 0
+        while True:
+            response = self._call(
+                self._stub.SearchEntries,
+                log_pb2.SearchEntriesRequest(
+                    identity=identity,
+                    since_ms=since_ms,
+                    until_ms=until_ms,
+                    tree_size=cp.size,
+                    start_index=start,
+                    page_size=page_size,
+                ),
+            )
+            for r in response.results:
+                leaf = _parse_leaf(r.leaf)
+                if r.index < start:
+                    raise VerificationError(
+                        f"SearchEntries answered index {r.index}, want >= {start} (in order)"
+                    )
+                if leaf.identity != identity or not (
+                    since_ms <= leaf.accepted_at_ms
+                    and (not until_ms or leaf.accepted_at_ms <= until_ms)
+                ):
+                    raise VerificationError(
+                        f"SearchEntries answered leaf {r.index} of identity {leaf.identity!r} "
+                        f"at {leaf.accepted_at_ms} ms, which does not match the search"
+                    )
+                verify_inclusion(
+                    r.index, cp.size, rfc6962_leaf_hash(r.leaf), r.inclusion_proof, cp.root_hash
+                )
+                start = r.index + 1
+                yield Entry(r.index, r.leaf)
+            if not response.next_start_index:
+                return
+            if response.next_start_index < start:
+                raise VerificationError("SearchEntries next_start_index went backwards")
+            start = response.next_start_index
+
+    def reload_policy(self) -> tuple[int, int]:
+        """Ask the log to re-read its access policy (admin role); returns (identities, API keys)."""
+        response = self._call(self._stub.ReloadPolicy, log_pb2.ReloadPolicyRequest())
+        return response.identities, response.api_keys
 
 
 def _parse_leaf(data: bytes) -> Leaf:

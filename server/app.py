@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -15,14 +15,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sealog.client.cosignature import CosignatureVerifier
 from sealog.client.keyfile import read_key_file, write_private_key_file
 from sealog.client.note import Ed25519Signer
+from sealog.server.auth import Authenticator
 from sealog.server.config import Settings
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.log import Log
 from sealog.server.servicer import SERVICE_NAME, LogServicer
+from sealog.server.tls import is_loopback, server_credentials
 from sealog.server.witness_push import WitnessPusher
 from sealog.v1 import log_pb2_grpc
 
-__all__ = ["LogServer", "load_or_create_signer"]
+__all__ = ["LogServer", "TlsFiles", "load_or_create_signer"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,33 @@ def load_or_create_signer(data_dir: Path, key_file: Path | None, origin: str) ->
     return signer
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for serving TLS. ``client_ca_file`` makes a port mutual TLS: clients must
+    present a certificate it signed (on the ``mtls_address`` port if one is given, else on
+    the main port)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+def _listen(server: grpc.Server, address: str, tls: TlsFiles | None, *, mtls: bool) -> int:
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            ca = tls.client_ca_file if mtls else None
+            port = server.add_secure_port(
+                address, server_credentials(tls.cert_file, tls.key_file, ca)
+            )
+    except RuntimeError:  # grpcio raises where it used to return 0
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {address} (in use, or not a local address?)")
+    return port
+
+
 @dataclass
 class LogServer:
     """A started gRPC server for one log. Use :meth:`open`, then :meth:`stop`."""
@@ -56,6 +85,8 @@ class LogServer:
     signer: Ed25519Signer
     health: health.HealthServicer
     pusher: WitnessPusher | None = None
+    auth: Authenticator = field(default_factory=Authenticator)
+    mtls_port: int | None = None
 
     @classmethod
     def open(
@@ -68,6 +99,11 @@ class LogServer:
         settings: Settings | None = None,
         witnesses: Sequence[CosignatureVerifier] = (),
         push_witnesses: Sequence[str] = (),
+        policy_file: str | Path | None = None,
+        tls: TlsFiles | None = None,
+        allow_insecure_remote: bool = False,
+        mtls_address: str | None = None,
+        extra_key_files: Sequence[str | Path] = (),
     ) -> LogServer:
         """Open (or create) the log in ``data_dir`` and serve it on ``address``.
 
@@ -79,12 +115,36 @@ class LogServer:
         service says NOT_SERVING, and the log's RPCs UNAVAILABLE, until the
         start-up self-check has passed. If it fails, the server stops and the
         error (:class:`~sealog.server.log.StartupCheckError`) is raised.
+
+        ``policy_file`` turns on access control (docs/authentication.md);
+        ``tls`` serves TLS; with a client CA, mutual TLS — on ``mtls_address``
+        as a second port beside a TLS-only main port (for API keys), or on
+        the main port. ``extra_key_files`` add signers during a key rotation:
+        every checkpoint carries each key's signature. Plaintext
+        on an address that is not loopback is refused unless
+        ``allow_insecure_remote``.
         """
+        if tls is None and not allow_insecure_remote and not is_loopback(address):
+            raise ValueError(
+                f"refusing to serve plaintext gRPC on {address}, which is not a loopback "
+                "address: give a TLS certificate and key (--tls-cert, --tls-key), or "
+                "--insecure-allow-remote if something else encrypts the traffic"
+            )
+        auth = Authenticator(policy_file)
         settings = settings or Settings()
         data_dir = Path(data_dir)
         signer = load_or_create_signer(
             data_dir, Path(key_file) if key_file is not None else None, origin
         )
+        extra_signers = [
+            Ed25519Signer.from_skey(read_key_file(path, private=True)) for path in extra_key_files
+        ]
+        for extra in extra_signers:
+            if extra.name != signer.name or extra.key_hash == signer.key_hash:
+                raise ValueError(
+                    f"--extra-key-file key {extra.name}+{extra.key_hash:08x}: want another key "
+                    f"with the log's key name {signer.name!r}"
+                )
         server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=settings.max_workers, thread_name_prefix="sealog-rpc"
@@ -100,20 +160,26 @@ class LogServer:
         for service in ("", SERVICE_NAME):
             health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        servicer = LogServicer()
+        servicer = LogServicer(auth=auth)
         log_pb2_grpc.add_LogServiceServicer_to_server(  # type: ignore[no-untyped-call]
             servicer, server
         )
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError:  # grpcio raises where it used to return 0
-            port = 0
-        if port == 0:
-            raise OSError(f"cannot listen on {address} (in use, or not a local address?)")
+        if mtls_address is not None and (tls is None or tls.client_ca_file is None):
+            raise ValueError("a mutual TLS port needs a TLS certificate, key and client CA")
+        port = _listen(server, address, tls, mtls=mtls_address is None)
+        mtls_port = _listen(server, mtls_address, tls, mtls=True) if mtls_address else None
         server.start()
         storage = LmdbStorage(data_dir / "db")
         try:
-            the_log = Log(storage, signer, signer.verifier(), origin, settings, witnesses=witnesses)
+            the_log = Log(
+                storage,
+                signer,
+                signer.verifier(),
+                origin,
+                settings,
+                witnesses=witnesses,
+                extra_signers=extra_signers,
+            )
         except BaseException:
             server.stop(None)
             storage.close()
@@ -122,7 +188,7 @@ class LogServer:
         for service in ("", SERVICE_NAME):
             health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         pusher = WitnessPusher(the_log, list(push_witnesses)).start() if push_witnesses else None
-        return cls(the_log, storage, server, port, signer, health_servicer, pusher)
+        return cls(the_log, storage, server, port, signer, health_servicer, pusher, auth, mtls_port)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking RPCs, commit and answer queued appends, close storage.

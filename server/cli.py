@@ -5,36 +5,43 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import datetime
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
+import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from sealog.client.audit import AuditEvent, audit_events, events_from_jsonl
+from sealog.client.audit import SoughtEvent, audit_events, events_from_jsonl
 from sealog.client.bundle import ProofBundle
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
 from sealog.client.cosignature import CosignatureVerifier, Cosigner
 from sealog.client.durable import write_durably
 from sealog.client.errors import SealogError
+from sealog.client.event import OUTCOMES, AuditEvent
 from sealog.client.evidence import check_evidence, read_evidence
 from sealog.client.keyfile import read_key_file, write_private_key_file
 from sealog.client.leaf import Leaf
 from sealog.client.log_client import Entry, InclusionProof, LogClient, Receipt
 from sealog.client.monitor import Monitor, MonitorConfig
 from sealog.client.note import Ed25519Signer, Ed25519Verifier
+from sealog.client.tls import channel_credentials
 from sealog.client.witness import Witness
 from sealog.client.witness_policy import WitnessPolicy
-from sealog.server.app import VKEY_FILE, LogServer
+from sealog.server.app import VKEY_FILE, LogServer, TlsFiles
 from sealog.server.config import Settings
 from sealog.server.fsck import fsck
 from sealog.server.lmdb_storage import LmdbStorage
+from sealog.server.policy import Policy, hash_api_key, new_api_key
+from sealog.server.tls import is_loopback
 from sealog.server.witness_http import WitnessHTTPServer
 
 __all__ = ["main"]
@@ -66,6 +73,13 @@ _DESCRIPTIONS = {
     "(--checkpoint); the proof is verified before it is printed.",
     "consistency": "OLD is a file with an older signed checkpoint; NEW (default: the "
     "latest) must extend it: nothing was rewritten or dropped.",
+    "search": "Auditors ask what one machine identity did between two times. The server "
+    "answers from its identity/time index; every result's inclusion proof, identity and "
+    "time are verified, so an index that returns wrong entries is caught.",
+    "apikey": "The key is printed once; only its SHA-256 goes into the policy file. "
+    "Reload the server's policy afterwards.",
+    "reload-policy": "Takes effect from the next request: a key removed from the file is "
+    "refused from then on. Sending SIGHUP to the server does the same.",
     "entries": "Entries [START, END), each page verified against the latest checkpoint "
     "before it is printed: index, acceptance time (ms), identity, payload.",
     "monitor": "The logs are listed in a TOML config (docs/monitoring.md). Each poll verifies "
@@ -189,12 +203,17 @@ def _policy(args: argparse.Namespace) -> WitnessPolicy | None:
 def _client(args: argparse.Namespace) -> LogClient:
     target = args.target or os.environ.get("SEALOG_TARGET") or DEFAULT_TARGET
     policy = _policy(args)
+    credentials = None
+    if args.tls_ca or args.tls_cert:
+        credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
     return LogClient(
         target,
         _verifier(args),
         origin=args.origin,
         timeout=args.timeout,
         witnesses=policy if policy is not None else (),
+        credentials=credentials,
+        api_key=args.api_key or os.environ.get("SEALOG_API_KEY") or None,
     )
 
 
@@ -234,14 +253,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings=settings,
         witnesses=witnesses,
         push_witnesses=args.push_witness or (),
+        policy_file=args.policy,
+        tls=TlsFiles(
+            Path(args.tls_cert),
+            Path(args.tls_key),
+            Path(args.tls_client_ca) if args.tls_client_ca else None,
+        )
+        if args.tls_cert
+        else None,
+        allow_insecure_remote=args.insecure_allow_remote,
+        mtls_address=args.mtls_listen,
+        extra_key_files=args.extra_key_file or (),
     )
     host = args.listen.rsplit(":", 1)[0]
+    if args.tls_cert:
+        transport = "TLS" + (
+            " with client certificates" if args.tls_client_ca and not args.mtls_listen else ""
+        )
+    elif is_loopback(args.listen):
+        transport = "plaintext gRPC, INSECURE: loopback use only"
+    else:
+        transport = "plaintext gRPC, INSECURE: --insecure-allow-remote"
+    policy = server.auth.policy
+    access = (
+        f"policy {args.policy} ({len(policy.identities)} identities; reads "
+        f"{'public' if policy.public_read else 'need the read role'}; SIGHUP reloads)"
+        if policy is not None
+        else "open: no policy, anyone who can connect may append"
+    )
     vkey = server.signer.verifier().vkey
     cp = open_checkpoint(server.log.latest_checkpoint(), server.signer.verifier()).checkpoint
     print(
         f"sealog: serving log {args.origin_name!r} from {Path(args.data_dir).resolve()}\n"
-        f"  address:      {host}:{server.port} (plaintext gRPC: loopback use only)\n"
-        f"  verifier key: {vkey}\n"
+        f"  address:      {host}:{server.port} ({transport})\n"
+        f"  access:       {access}\n"
+        + (
+            f"  mutual TLS:   {args.mtls_listen.rsplit(':', 1)[0]}:{server.mtls_port}\n"
+            if args.mtls_listen
+            else ""
+        )
+        + f"  verifier key: {vkey}\n"
         f"  checkpoint:   size {cp.size}, root {_b64(cp.root_hash)}\n"
         + "".join(f"  witness:      {w.vkey}\n" for w in witnesses)
         + "".join(f"  pushing to:   {url}\n" for url in args.push_witness or ())
@@ -255,8 +306,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os._exit(1)  # a second signal forces
         stop.set()
 
+    def on_hangup(signum: int, frame: object) -> None:
+        try:
+            reloaded = server.auth.reload()
+        except SealogError as e:
+            print(f"sealog: policy NOT reloaded, the old one stays in force: {e}", flush=True)
+        else:
+            if reloaded is not None:
+                print(
+                    f"sealog: policy reloaded ({len(reloaded.identities)} identities)", flush=True
+                )
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     stop.wait()
     print("sealog: shutting down", flush=True)
     server.stop()
@@ -275,7 +338,35 @@ def _payloads(args: argparse.Namespace) -> Iterator[bytes]:
         yield args.payload.encode("utf-8")
 
 
+def _event_payload(args: argparse.Namespace) -> bytes | None:
+    """The audit event the append flags describe, or None when none was given."""
+    if not args.action:
+        if args.resource or args.outcome or args.attr or args.request_id or args.trace_id:
+            raise SealogError("--resource/--outcome/--attr/... describe an event: add --action")
+        return None
+    if args.payload or args.file:
+        raise SealogError("give either an event (--action ...) or a raw payload, not both")
+    attributes = {}
+    for item in args.attr or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SealogError(f"--attr {item!r}: want KEY=VALUE")
+        attributes[key] = value
+    return AuditEvent(
+        action=args.action,
+        resource=args.resource or "",
+        outcome=args.outcome or "",
+        event_time_ms=args.event_time_ms
+        if args.event_time_ms is not None
+        else time.time_ns() // 1_000_000,
+        request_id=args.request_id or "",
+        trace_id=args.trace_id or "",
+        attributes=attributes,
+    ).to_payload()
+
+
 def cmd_append(args: argparse.Namespace) -> int:
+    event = _event_payload(args)
     with _client(args) as client:
         batch: list[bytes] = []
 
@@ -294,7 +385,7 @@ def cmd_append(args: argparse.Namespace) -> int:
                 )
             batch.clear()
 
-        for payload in _payloads(args):
+        for payload in [event] if event is not None else _payloads(args):
             batch.append(payload)
             if len(batch) >= args.batch:
                 flush()
@@ -392,6 +483,68 @@ def cmd_entries(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_ms(text: str | None, flag: str) -> int:
+    """A time flag: ms since the epoch, or an ISO 8601 date/time (UTC unless it says)."""
+    if not text:
+        return 0
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise SealogError(f"{flag} {text!r}: want ms since the epoch or ISO 8601") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    since = _time_ms(args.since, "--since")
+    until = _time_ms(args.until, "--until")
+    with _client(args) as client:
+        for e in client.search(args.identity, since, until, page_size=args.page_size):
+            obj = _leaf_json(e.index, e.leaf)
+            text = f"{e.index}\t{obj['accepted_at_ms']}\t{obj.get('payload', obj['payload_b64'])}"
+            _emit(args, obj, text)
+    return 0
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    token = new_api_key()
+    policy_file = Path(args.policy)
+    current = Policy.load(policy_file) if policy_file.exists() else None
+    if current is None or args.identity not in current.identities:
+        raise SealogError(
+            f"{policy_file}: add an [[identity]] named {args.identity!r} with its roles first"
+        )
+    entry = f'\n[[api_key]]\nidentity = "{args.identity}"\nsha256 = "{hash_api_key(token)}"\n' + (
+        f"comment = {json.dumps(args.comment)}\n" if args.comment else ""
+    )
+    Policy.from_dict(
+        tomllib.loads(policy_file.read_text(encoding="utf-8") + entry), source=str(policy_file)
+    )
+    with policy_file.open("a", encoding="utf-8") as f:
+        f.write(entry)
+    _emit(
+        args,
+        {"identity": args.identity, "api_key": token, "policy": str(policy_file)},
+        f"API key for {args.identity!r} (shown once; only its hash is in {policy_file}):\n"
+        f"{token}\nReload the server's policy (SIGHUP or `sealog reload-policy`) to use it.",
+    )
+    return 0
+
+
+def cmd_reload_policy(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        identities, keys = client.reload_policy()
+    _emit(
+        args,
+        {"identities": identities, "api_keys": keys},
+        f"policy reloaded: {identities} identities, {keys} API keys",
+    )
+    return 0
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
     verifier = _verifier(args)
     db = Path(args.data_dir)
@@ -464,12 +617,12 @@ def cmd_check_evidence(args: argparse.Namespace) -> int:
     return 0 if verdict.holds else 1
 
 
-def _audit_events(args: argparse.Namespace) -> list[AuditEvent]:
-    events = [AuditEvent(f"index {i}", index=i) for i in args.index or ()]
+def _audit_events(args: argparse.Namespace) -> list[SoughtEvent]:
+    events = [SoughtEvent(f"index {i}", index=i) for i in args.index or ()]
     events += [
-        AuditEvent(f"leaf hash {h[:16]}", leaf_hash=bytes.fromhex(h)) for h in args.leaf_hash or ()
+        SoughtEvent(f"leaf hash {h[:16]}", leaf_hash=bytes.fromhex(h)) for h in args.leaf_hash or ()
     ]
-    events += [AuditEvent(f, payload=Path(f).read_bytes()) for f in args.payload_file or ()]
+    events += [SoughtEvent(f, payload=Path(f).read_bytes()) for f in args.payload_file or ()]
     for batch in args.batch or ():
         if batch == "-":
             events += events_from_jsonl(sys.stdin, "stdin")
@@ -591,6 +744,12 @@ def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--origin", help="the log's origin, if not the key's name")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
     p.add_argument("--json", action="store_true", help="print JSON (one object per line)")
+    p.add_argument(
+        "--api-key", help="present this API key (default $SEALOG_API_KEY); see `sealog apikey`"
+    )
+    p.add_argument("--tls-ca", help="connect with TLS, trusting this CA file (PEM)")
+    p.add_argument("--tls-cert", help="client certificate for mutual TLS (PEM)")
+    p.add_argument("--tls-key", help="client certificate's private key (PEM)")
     _witness_options(p)
 
 
@@ -704,6 +863,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="send each new checkpoint to this C2SP tlog-witness add-checkpoint URL and keep "
         "its cosignature (repeatable; its key must be a --witness-vkey)",
     )
+    p.add_argument(
+        "--extra-key-file",
+        action="append",
+        metavar="FILE",
+        help="also sign every checkpoint with this key (same name, new key): the middle "
+        "step of a key rotation, docs/authentication.md (repeatable)",
+    )
+    p.add_argument(
+        "--policy",
+        help="access policy file (TOML: identities, roles, API key hashes, quotas; "
+        "docs/authentication.md). Without one the log is open to anyone who can connect.",
+    )
+    p.add_argument("--tls-cert", help="serve TLS with this certificate (PEM)")
+    p.add_argument("--tls-key", help="the TLS certificate's private key (PEM)")
+    p.add_argument(
+        "--tls-client-ca",
+        help="mutual TLS: clients must present a certificate this CA (PEM) signed; their "
+        "identity is its URI SAN (SPIFFE ID) or CN. Applies to --mtls-listen if given, "
+        "else to --listen",
+    )
+    p.add_argument(
+        "--mtls-listen",
+        help="a second address for mutual TLS, so --listen stays TLS-only for API keys",
+    )
+    p.add_argument(
+        "--insecure-allow-remote",
+        action="store_true",
+        help="allow plaintext on a non-loopback address (only behind something that encrypts)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("append", help="append events; print their verified receipts")
@@ -713,6 +901,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the event as text; '-' or nothing reads stdin, one event per line",
     )
     p.add_argument("--file", help="append the whole file as one event")
+    g = p.add_argument_group(
+        "audit event",
+        "describe a typed audit event instead of a raw payload (docs/audit-events.md)",
+    )
+    g.add_argument("--action", help="what was done, e.g. deploy")
+    g.add_argument("--resource", help="what it was done to, e.g. svc/payments")
+    g.add_argument("--outcome", choices=OUTCOMES, help="how it went")
+    g.add_argument("--attr", action="append", metavar="KEY=VALUE", help="an attribute (repeatable)")
+    g.add_argument("--request-id", help="the request this event belongs to")
+    g.add_argument("--trace-id", help="the trace this event belongs to")
+    g.add_argument(
+        "--event-time-ms", type=int, help="when it happened, ms since the epoch (default: now)"
+    )
     p.add_argument(
         "--batch",
         type=int,
@@ -773,6 +974,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--origin", help="the log's origin (default: as stored)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_fsck)
+
+    p = sub.add_parser("search", help="find an identity's entries in a time window (verified)")
+    p.add_argument("--identity", required=True, help="the identity, as stamped into leaves")
+    p.add_argument("--since", help="from this acceptance time (ms since the epoch or ISO 8601)")
+    p.add_argument("--until", help="to this acceptance time, inclusive (default: now)")
+    p.add_argument("--page-size", type=int, default=0, help="results per request")
+    _client_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("apikey", help="create an API key for an identity of a policy file")
+    p.add_argument("--identity", required=True, help="an [[identity]] of the policy")
+    p.add_argument("--policy", required=True, help="the policy file to add the key's hash to")
+    p.add_argument("--comment", help="a note stored beside the hash (who, why)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_apikey)
+
+    p = sub.add_parser("reload-policy", help="make the log re-read its policy (admin role)")
+    _client_options(p)
+    p.set_defaults(func=cmd_reload_policy)
 
     p = sub.add_parser("monitor", help="follow logs and check every checkpoint they sign")
     p.add_argument("config", help="TOML config listing the logs (docs/monitoring.md)")

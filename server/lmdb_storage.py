@@ -36,6 +36,7 @@ from sealog.server.storage import (
     StorageCorruptError,
     StorageUnavailableError,
     hash_location,
+    identity_prefix,
 )
 
 __all__ = ["LmdbStorage"]
@@ -165,6 +166,26 @@ class _Txn:
                     return int(index)
         return None
 
+    def find_by_identity(
+        self, identity: str, since_ms: int, until_ms: int, start_index: int, below: int, limit: int
+    ) -> list[int]:
+        prefix = identity_prefix(identity)
+        out: list[int] = []
+        with self._txn.cursor(db=self._s._by_identity) as cur:
+            if not cur.set_range(prefix + _u64(since_ms)):
+                return out
+            for key in cur.iternext(values=False):
+                if len(out) >= limit or bytes(key[:8]) != prefix:
+                    break
+                ms, index = _U64.unpack_from(key, 8)[0], _U64.unpack_from(key, 16)[0]
+                # Acceptance times never decrease along the log, so time order is
+                # index order and the scan can stop at the first key past either bound.
+                if ms > until_ms or index >= below:
+                    break
+                if index >= start_index:
+                    out.append(int(index))
+        return out
+
     def find_idempotency(self, key_digest: bytes) -> int | None:
         value = self._txn.get(key_digest, db=self._s._idempotency)
         if value is None:
@@ -188,6 +209,13 @@ class _Txn:
         for key, value in self._iter(self._s._leaf_index):
             yield key, _index(value)
 
+    def iter_identity_index(self) -> Iterator[tuple[bytes, int, int]]:
+        for key, _ in self._iter(self._s._by_identity):
+            if len(key) == 24:
+                yield key[:8], int(_U64.unpack_from(key, 8)[0]), int(_U64.unpack_from(key, 16)[0])
+            else:
+                yield key, -1, -1
+
     def iter_idempotency(self) -> Iterator[tuple[bytes, int]]:
         for key, value in self._iter(self._s._idempotency):
             yield key, _index(value)
@@ -206,6 +234,10 @@ class _Txn:
             raise StorageCorruptError(f"entries: leaf {index} already stored")
         put(key, b"".join(node_hashes), db=self._s._hashes, append=True)
         put(node_hashes[0][:_LEAF_PREFIX_BYTES], key, db=self._s._leaf_index, dupdata=True)
+
+    def put_identity(self, identity: str, accepted_at_ms: int, index: int) -> None:
+        key = identity_prefix(identity) + _u64(accepted_at_ms) + _u64(index)
+        self._txn.put(key, b"", db=self._s._by_identity)
 
     def put_idempotency(self, key_digest: bytes, index: int) -> None:
         self._txn.put(key_digest, _u64(index), db=self._s._idempotency)
@@ -263,6 +295,7 @@ class LmdbStorage:
         self._hashes = open_db(b"hashes", create=create)
         self._leaf_index = open_db(b"leaf_index", dupsort=True, dupfixed=True, create=create)
         self._idempotency = open_db(b"idempotency", create=create)
+        self._by_identity = open_db(b"by_identity", create=create)
 
     @contextmanager
     def read(self) -> Iterator[_Txn]:

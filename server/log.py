@@ -93,8 +93,13 @@ class Log:
         settings: Settings | None = None,
         *,
         witnesses: Sequence[CosignatureVerifier] = (),
+        extra_signers: Sequence[NoteSigner] = (),
     ) -> None:
         """Open the log: create it if the storage is empty, else check it (see :meth:`_check`).
+
+        Checkpoints are signed by ``signer`` and every one of ``extra_signers``
+        (a key rotation, docs/authentication.md); the stored checkpoint must
+        verify with ``verifier`` (``signer``'s key).
 
         ``witnesses`` are the witness keys whose cosignatures
         :meth:`add_cosignature` accepts. Raises :class:`StartupCheckError` if
@@ -108,10 +113,11 @@ class Log:
         self._verifier = verifier
         self._checkpoint_lock = threading.Lock()
         self._listeners: list[Callable[[bytes], None]] = []
-        tree, last_ms = self._open(signer)
+        self._signers = (signer, *extra_signers)
+        tree, last_ms = self._open()
         self._sequencer = Sequencer(
             storage,
-            signer,
+            self._signers,
             origin,
             tree,
             self.settings,
@@ -121,18 +127,18 @@ class Log:
         self._sequencer.start()
 
     # --- opening ----------------------------------------------------------
-    def _open(self, signer: NoteSigner) -> tuple[CompactRange, int]:
+    def _open(self) -> tuple[CompactRange, int]:
         with self.storage.read() as snap:
             note = snap.checkpoint()
         if note is None:
-            return self._create(signer), 0
+            return self._create(), 0
         return self._check(note)
 
-    def _create(self, signer: NoteSigner) -> CompactRange:
+    def _create(self) -> CompactRange:
         with self.storage.read() as snap:
             if snap.stored_size():
                 raise StartupCheckError("storage holds leaves but no checkpoint")
-        note = sign_checkpoint(Checkpoint(self.origin, 0, EMPTY_ROOT), signer)
+        note = sign_checkpoint(Checkpoint(self.origin, 0, EMPTY_ROOT), *self._signers)
         with self.storage.write() as w:
             w.set_meta(META_FORMAT, FORMAT_VERSION)
             w.set_meta(META_ORIGIN, self.origin.encode())
@@ -274,6 +280,35 @@ class Log:
         with self.storage.read() as snap:
             self._need_size(snap, "GetConsistencyProofRequest.second_tree_size", size2)
             return build_consistency_proof(snap, size1, size2)
+
+    def find_by_identity(
+        self,
+        identity: str,
+        since_ms: int,
+        until_ms: int,
+        after_index: int,
+        tree_size: int,
+        limit: int,
+    ) -> list[tuple[int, bytes]]:
+        """``identity``'s leaves accepted in [since_ms, until_ms] with
+        ``after_index < index < tree_size``, oldest first, at most ``limit``:
+        (index, leaf) pairs, read from the identity/time index in one snapshot."""
+        out: list[tuple[int, bytes]] = []
+        with self.storage.read() as snap:
+            self._need_size(snap, "SearchEntriesRequest.tree_size", tree_size)
+            start = after_index + 1
+            while len(out) < limit:
+                # Ask for a few more than needed: an 8-byte prefix may be shared.
+                want = limit - len(out) + 8
+                found = snap.find_by_identity(identity, since_ms, until_ms, start, tree_size, want)
+                for index in found:
+                    leaf = snap.leaf(index)
+                    if Leaf.parse(leaf).identity == identity and len(out) < limit:
+                        out.append((index, leaf))
+                if len(found) < want:
+                    break
+                start = found[-1] + 1
+        return out
 
     def entry_and_proof(self, index: int, tree_size: int) -> tuple[bytes, list[bytes]]:
         """Leaf ``index`` and its inclusion proof in the tree of ``tree_size``."""

@@ -98,7 +98,7 @@ class Sequencer:
     def __init__(
         self,
         storage: Storage,
-        signer: NoteSigner,
+        signers: Sequence[NoteSigner],
         origin: str,
         tree: CompactRange,
         settings: Settings,
@@ -108,7 +108,7 @@ class Sequencer:
         on_checkpoint: Callable[[bytes], None] = lambda note: None,
     ) -> None:
         self._storage = storage
-        self._signer = signer
+        self._signers = tuple(signers)
         self._origin = origin
         self._tree = tree
         self._settings = settings
@@ -255,7 +255,7 @@ class Sequencer:
             for r in batch:
                 self._write_request(w, r, tree, now)
             checkpoint = Checkpoint(self._origin, tree.size, tree.root())
-            note = sign_checkpoint(checkpoint, self._signer)
+            note = sign_checkpoint(checkpoint, *self._signers)
             w.set_checkpoint(note)
         self._last_ms = now
         return note
@@ -275,6 +275,7 @@ class Sequencer:
             index = tree.size
             leaf = Leaf(now, r.identity, item.payload).to_bytes()
             w.append_leaf(index, leaf, tree.append(leaf_hash(leaf)))
+            w.put_identity(r.identity, now, index)
             if digest is not None:
                 w.put_idempotency(digest, index)
             r.entries.append(AppendedLeaf(index, leaf, False))

@@ -20,15 +20,19 @@ from grpc_status import rpc_status
 
 from sealog.client.errors import InvalidProofError
 from sealog.server import validate
+from sealog.server.auth import Authenticator, Principal
 from sealog.server.errors import (
     InvalidArgumentError,
     NotFoundError,
     OutOfRangeError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from sealog.server.log import Log
+from sealog.server.policy import PolicyError
+from sealog.server.quota import AppendQuota
 from sealog.server.storage import StorageCorruptError
 from sealog.v1 import log_pb2, log_pb2_grpc
 
@@ -42,6 +46,8 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (OutOfRangeError, grpc.StatusCode.OUT_OF_RANGE),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (PolicyError, grpc.StatusCode.FAILED_PRECONDITION),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (concurrent.futures.TimeoutError, grpc.StatusCode.UNAVAILABLE),
@@ -76,21 +82,31 @@ def _abort(context: grpc.ServicerContext, error: BaseException) -> NoReturn:
 
 
 R = TypeVar("R")
+Handler = Callable[["LogServicer", Any, grpc.ServicerContext, Principal], R]
 
 
-def _unary(
-    method: Callable[[LogServicer, Any, grpc.ServicerContext], R],
-) -> Callable[[LogServicer, Any, grpc.ServicerContext], R]:
-    @functools.wraps(method)
-    def wrapper(self: LogServicer, request: Any, context: grpc.ServicerContext) -> R:
-        try:
-            return method(self, request, context)
-        except Exception as e:
-            if isinstance(e, grpc.RpcError):  # raised by context.abort
-                raise
-            _abort(context, e)
+def _rpc(
+    role: str,
+) -> Callable[[Handler[R]], Callable[[LogServicer, Any, grpc.ServicerContext], R]]:
+    """Authenticate the caller, check it holds ``role``, run the handler, map errors."""
 
-    return wrapper
+    def decorate(method: Handler[R]) -> Callable[[LogServicer, Any, grpc.ServicerContext], R]:
+        action = method.__name__
+
+        @functools.wraps(method)
+        def wrapper(self: LogServicer, request: Any, context: grpc.ServicerContext) -> R:
+            try:
+                principal = self._auth.authenticate(context)
+                self._auth.authorize(principal, role, action)
+                return method(self, request, context, principal)
+            except Exception as e:
+                if isinstance(e, grpc.RpcError):  # raised by context.abort
+                    raise
+                _abort(context, e)
+
+        return wrapper
+
+    return decorate
 
 
 SERVICE_NAME = "sealog.v1.LogService"
@@ -102,8 +118,15 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
     Until :meth:`attach` gives it the opened log, every RPC answers UNAVAILABLE.
     """
 
-    def __init__(self, log: Log | None = None) -> None:
+    def __init__(
+        self,
+        log: Log | None = None,
+        auth: Authenticator | None = None,
+        quota: AppendQuota | None = None,
+    ) -> None:
         self._attached = log
+        self._auth = auth if auth is not None else Authenticator()
+        self._quota = quota if quota is not None else AppendQuota()
 
     def attach(self, log: Log) -> None:
         """Start serving ``log`` (after its start-up self-check passed)."""
@@ -116,16 +139,19 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             raise UnavailableError("the log is starting up (self-check in progress)", 1.0)
         return log
 
-    def identity(self, context: grpc.ServicerContext) -> str:
-        """The authenticated identity of the caller; empty while the log has no authentication."""
-        return ""
+    def _check_quota(self, principal: Principal, count: int) -> None:
+        policy = self._auth.policy
+        entry = policy.identities.get(principal.identity) if policy is not None else None
+        if entry is not None and entry.appends_per_second is not None:
+            self._quota.take(principal.identity, count, entry.appends_per_second, entry.burst)
 
-    @_unary
+    @_rpc("append")
     def Append(  # noqa: N802 - gRPC method names
-        self, request: log_pb2.AppendRequest, context: grpc.ServicerContext
+        self, request: log_pb2.AppendRequest, context: grpc.ServicerContext, principal: Principal
     ) -> log_pb2.AppendResponse:
         items = validate.append_items(request, self._log.settings)
-        out = self._log.append(items, self.identity(context))
+        self._check_quota(principal, len(items))
+        out = self._log.append(items, principal.identity)
         return log_pb2.AppendResponse(
             checkpoint=out.checkpoint,
             entries=[
@@ -144,25 +170,34 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             ),
         )
 
-    @_unary
+    @_rpc("read")
     def GetCheckpoint(  # noqa: N802
-        self, request: log_pb2.GetCheckpointRequest, context: grpc.ServicerContext
+        self,
+        request: log_pb2.GetCheckpointRequest,
+        context: grpc.ServicerContext,
+        principal: Principal,
     ) -> log_pb2.GetCheckpointResponse:
         note, proof = self._log.checkpoint(request.first_tree_size, witnessed=request.witnessed)
         return log_pb2.GetCheckpointResponse(checkpoint=note, consistency_proof=proof)
 
-    @_unary
+    @_rpc("witness")
     def AddCosignature(  # noqa: N802
-        self, request: log_pb2.AddCosignatureRequest, context: grpc.ServicerContext
+        self,
+        request: log_pb2.AddCosignatureRequest,
+        context: grpc.ServicerContext,
+        principal: Principal,
     ) -> log_pb2.AddCosignatureResponse:
         validate.check_add_cosignature_request(request)
         return log_pb2.AddCosignatureResponse(
             checkpoint=self._log.add_cosignature(request.checkpoint)
         )
 
-    @_unary
+    @_rpc("read")
     def GetInclusionProof(  # noqa: N802
-        self, request: log_pb2.GetInclusionProofRequest, context: grpc.ServicerContext
+        self,
+        request: log_pb2.GetInclusionProofRequest,
+        context: grpc.ServicerContext,
+        principal: Principal,
     ) -> log_pb2.GetInclusionProofResponse:
         name = "GetInclusionProofRequest"
         validate.check_inclusion_request(name, request.leaf_index, request.tree_size)
@@ -171,9 +206,12 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             leaf_index=request.leaf_index, tree_size=request.tree_size, inclusion_proof=proof
         )
 
-    @_unary
+    @_rpc("read")
     def GetInclusionProofByHash(  # noqa: N802
-        self, request: log_pb2.GetInclusionProofByHashRequest, context: grpc.ServicerContext
+        self,
+        request: log_pb2.GetInclusionProofByHashRequest,
+        context: grpc.ServicerContext,
+        principal: Principal,
     ) -> log_pb2.GetInclusionProofResponse:
         validate.check_inclusion_by_hash_request(request)
         index, proof = self._log.inclusion_proof_by_hash(request.leaf_hash, request.tree_size)
@@ -181,17 +219,23 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             leaf_index=index, tree_size=request.tree_size, inclusion_proof=proof
         )
 
-    @_unary
+    @_rpc("read")
     def GetConsistencyProof(  # noqa: N802
-        self, request: log_pb2.GetConsistencyProofRequest, context: grpc.ServicerContext
+        self,
+        request: log_pb2.GetConsistencyProofRequest,
+        context: grpc.ServicerContext,
+        principal: Principal,
     ) -> log_pb2.GetConsistencyProofResponse:
         validate.check_consistency_request(request)
         proof = self._log.consistency_proof(request.first_tree_size, request.second_tree_size)
         return log_pb2.GetConsistencyProofResponse(consistency_proof=proof)
 
-    @_unary
+    @_rpc("read")
     def GetEntryAndProof(  # noqa: N802
-        self, request: log_pb2.GetEntryAndProofRequest, context: grpc.ServicerContext
+        self,
+        request: log_pb2.GetEntryAndProofRequest,
+        context: grpc.ServicerContext,
+        principal: Principal,
     ) -> log_pb2.GetEntryAndProofResponse:
         name = "GetEntryAndProofRequest"
         validate.check_inclusion_request(name, request.leaf_index, request.tree_size)
@@ -207,6 +251,7 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         self, request: log_pb2.GetEntriesRequest, context: grpc.ServicerContext
     ) -> Iterator[log_pb2.EntriesPage]:
         try:
+            self._auth.authorize(self._auth.authenticate(context), "read", "GetEntries")
             page_size = validate.check_entries_request(request, self._log.settings)
             pages = self._log.entries(request.start, request.end, request.tree_size, page_size)
             for page in pages:
@@ -224,3 +269,50 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             if isinstance(e, grpc.RpcError):
                 raise
             _abort(context, e)
+
+    @_rpc("read")
+    def SearchEntries(  # noqa: N802
+        self,
+        request: log_pb2.SearchEntriesRequest,
+        context: grpc.ServicerContext,
+        principal: Principal,
+    ) -> log_pb2.SearchEntriesResponse:
+        limit = validate.check_search_request(request, self._log.settings)
+        until = request.until_ms or (1 << 64) - 1
+        found = self._log.find_by_identity(
+            request.identity,
+            request.since_ms,
+            until,
+            request.start_index - 1,
+            request.tree_size,
+            limit + 1,
+        )
+        page, more = found[:limit], len(found) > limit
+        results = [
+            log_pb2.SearchResult(
+                index=index,
+                leaf=leaf,
+                inclusion_proof=self._log.inclusion_proof(
+                    index, request.tree_size, "SearchEntriesRequest"
+                ),
+            )
+            for index, leaf in page
+        ]
+        return log_pb2.SearchEntriesResponse(
+            results=results, next_start_index=page[-1][0] + 1 if more else 0
+        )
+
+    @_rpc("admin")
+    def ReloadPolicy(  # noqa: N802
+        self,
+        request: log_pb2.ReloadPolicyRequest,
+        context: grpc.ServicerContext,
+        principal: Principal,
+    ) -> log_pb2.ReloadPolicyResponse:
+        policy = self._auth.reload()
+        if policy is None:
+            raise InvalidArgumentError("ReloadPolicy: this log runs without a policy file")
+        log.info("policy reloaded by %r: %d identities", principal.identity, len(policy.identities))
+        return log_pb2.ReloadPolicyResponse(
+            identities=len(policy.identities), api_keys=len(policy.api_keys)
+        )

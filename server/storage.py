@@ -13,6 +13,7 @@ so a snapshot's checkpoint always describes exactly the tree it holds.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
@@ -32,6 +33,7 @@ __all__ = [
     "StorageUnavailableError",
     "WriteBatch",
     "hash_location",
+    "identity_prefix",
 ]
 
 
@@ -55,6 +57,11 @@ class StorageCorruptError(SealogError):
 
 class RetryBatchError(SealogError):
     """The write batch was not stored for a passing reason (the map grew): run it again."""
+
+
+def identity_prefix(identity: str) -> bytes:
+    """The 8 bytes under which the identity/time index files an identity's leaves."""
+    return hashlib.sha256(identity.encode("utf-8")).digest()[:8]
 
 
 def hash_location(node: NodeID) -> tuple[int, int]:
@@ -85,6 +92,14 @@ class ReadSnapshot(Protocol):
         """The smallest index ``< below`` whose leaf hash is ``leaf_hash``, if any."""
         ...
 
+    def find_by_identity(
+        self, identity: str, since_ms: int, until_ms: int, start_index: int, below: int, limit: int
+    ) -> list[int]:
+        """Indices of leaves recorded for ``identity`` with ``since_ms <= accepted_at_ms <=
+        until_ms`` and ``start_index <= index < below``, in index order, at most ``limit``.
+        Candidates only: the identity is indexed by an 8-byte hash prefix."""
+        ...
+
     def find_idempotency(self, key_digest: bytes) -> int | None:
         """The index recorded for an idempotency key digest, if any."""
         ...
@@ -109,6 +124,10 @@ class ReadSnapshot(Protocol):
         """Every (leaf hash prefix, index) record of the leaf-hash index (for fsck)."""
         ...
 
+    def iter_identity_index(self) -> Iterator[tuple[bytes, int, int]]:
+        """Every (identity prefix, accepted_at_ms, index) record (for fsck)."""
+        ...
+
     def iter_idempotency(self) -> Iterator[tuple[bytes, int]]:
         """Every (key digest, index) record of the idempotency index (for fsck)."""
         ...
@@ -123,6 +142,10 @@ class WriteBatch(ReadSnapshot, Protocol):
 
     def append_leaf(self, index: int, leaf: bytes, node_hashes: Sequence[bytes]) -> None:
         """Store leaf ``index`` (which must be the next one) and the hashes it completes."""
+        ...
+
+    def put_identity(self, identity: str, accepted_at_ms: int, index: int) -> None:
+        """Record leaf ``index`` in the identity/time index."""
         ...
 
     def put_idempotency(self, key_digest: bytes, index: int) -> None:

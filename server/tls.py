@@ -11,23 +11,16 @@ __all__ = ["is_loopback", "server_credentials"]
 
 
 def server_credentials(
-    cert_file: str | Path,
-    key_file: str | Path,
-    client_ca_file: str | Path | None = None,
-    *,
-    require_client_cert: bool = False,
+    cert_file: str | Path, key_file: str | Path, client_ca_file: str | Path | None = None
 ) -> grpc.ServerCredentials:
-    """TLS credentials; with ``client_ca_file``, client certificates signed by it are verified.
-
-    ``require_client_cert`` refuses connections without one (mutual TLS only);
-    otherwise a client may also come without a certificate (and use an API key).
-    """
-    if require_client_cert and client_ca_file is None:
-        raise ValueError("requiring client certificates needs a client CA file")
+    """TLS credentials; with ``client_ca_file``, mutual TLS: every client must present a
+    certificate signed by that CA. (gRPC's Python server cannot ask for a client
+    certificate without requiring one, so a port is either TLS or mutual TLS.)"""
     pair = (Path(key_file).read_bytes(), Path(cert_file).read_bytes())
-    roots = Path(client_ca_file).read_bytes() if client_ca_file is not None else None
+    if client_ca_file is None:
+        return grpc.ssl_server_credentials([pair])
     return grpc.ssl_server_credentials(
-        [pair], root_certificates=roots, require_client_auth=require_client_cert
+        [pair], root_certificates=Path(client_ca_file).read_bytes(), require_client_auth=True
     )
 
 

@@ -7,6 +7,7 @@ log's are the log's to reject (OUT_OF_RANGE).
 from __future__ import annotations
 
 from sealog.client.hashing import HASH_SIZE
+from sealog.client.leaf import MAX_IDENTITY_BYTES
 from sealog.client.proof import MAX_TREE_SIZE
 from sealog.server.config import Settings
 from sealog.server.errors import InvalidArgumentError, ResourceExhaustedError
@@ -21,6 +22,7 @@ __all__ = [
     "check_entries_request",
     "check_inclusion_by_hash_request",
     "check_inclusion_request",
+    "check_search_request",
 ]
 
 
@@ -131,3 +133,26 @@ def check_add_cosignature_request(request: log_pb2.AddCosignatureRequest) -> Non
         raise _fail(name, "0 bytes", "a signed checkpoint note")
     if size > MAX_NOTE_BYTES:
         raise _fail(name, f"{size} bytes", f"<= {MAX_NOTE_BYTES}")
+
+
+def check_search_request(request: log_pb2.SearchEntriesRequest, settings: Settings) -> int:
+    """SearchEntriesRequest; returns the page size to use."""
+    name = "SearchEntriesRequest"
+    if not request.identity:
+        raise _fail(f"{name}.identity", '""', "the identity to search for")
+    if len(request.identity.encode()) > MAX_IDENTITY_BYTES:
+        raise _fail(
+            f"{name}.identity",
+            f"{len(request.identity.encode())} bytes",
+            f"<= {MAX_IDENTITY_BYTES}",
+        )
+    _check_size(f"{name}.tree_size", request.tree_size)
+    if request.tree_size == 0:
+        raise _fail(f"{name}.tree_size", 0, "> 0")
+    if request.until_ms and request.until_ms < request.since_ms:
+        raise _fail(f"{name}.until_ms", request.until_ms, f">= since_ms {request.since_ms} (or 0)")
+    if request.start_index >= request.tree_size:
+        raise _fail(f"{name}.start_index", request.start_index, f"< tree_size {request.tree_size}")
+    if request.page_size > settings.max_page_size:
+        raise _fail(f"{name}.page_size", request.page_size, f"<= {settings.max_page_size}")
+    return request.page_size or settings.default_page_size

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from e2e_support import RunningLog, TamperInterceptor, run_sealog
 
-from sealog.client.audit import AuditEvent, audit_events, events_from_jsonl
+from sealog.client.audit import SoughtEvent, audit_events, events_from_jsonl
 
 
 def test_audit_events_of_every_kind(log: RunningLog) -> None:
@@ -17,16 +17,16 @@ def test_audit_events_of_every_kind(log: RunningLog) -> None:
     receipt = result.receipt(7)
     cp = client.checkpoint()
     events = [
-        AuditEvent("by index", index=3),
-        AuditEvent("by leaf hash", leaf_hash=result.entries[9].leaf_hash),
-        AuditEvent("by leaf", leaf=result.entries[11].leaf),
-        AuditEvent("by leaf and index", leaf=receipt.leaf, index=7),
-        AuditEvent("by payload", payload=b"deploy 15"),
-        AuditEvent("by payload and index", payload=b"deploy 4", index=4),
-        AuditEvent("wrong index", leaf=receipt.leaf, index=8),
-        AuditEvent("unknown payload", payload=b"never logged"),
-        AuditEvent("unknown leaf hash", leaf_hash=b"\x42" * 32),
-        AuditEvent("beyond", index=99),
+        SoughtEvent("by index", index=3),
+        SoughtEvent("by leaf hash", leaf_hash=result.entries[9].leaf_hash),
+        SoughtEvent("by leaf", leaf=result.entries[11].leaf),
+        SoughtEvent("by leaf and index", leaf=receipt.leaf, index=7),
+        SoughtEvent("by payload", payload=b"deploy 15"),
+        SoughtEvent("by payload and index", payload=b"deploy 4", index=4),
+        SoughtEvent("wrong index", leaf=receipt.leaf, index=8),
+        SoughtEvent("unknown payload", payload=b"never logged"),
+        SoughtEvent("unknown leaf hash", leaf_hash=b"\x42" * 32),
+        SoughtEvent("beyond", index=99),
     ]
     results = {r.event.label: r for r in audit_events(client, events, cp)}
     for label, index in [
@@ -53,7 +53,7 @@ def test_a_lying_log_is_an_error_never_included(log: RunningLog) -> None:
         response.inclusion_proof[0] = b"\x00" * 32  # type: ignore[attr-defined]
 
     client = log.client_with(TamperInterceptor(mutate={"GetEntryAndProof": lie}))
-    (r,) = audit_events(client, [AuditEvent("x", index=1)], client.checkpoint())
+    (r,) = audit_events(client, [SoughtEvent("x", index=1)], client.checkpoint())
     assert r.status == "error" and "verification" in r.detail
 
 

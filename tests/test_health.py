@@ -38,6 +38,12 @@ def test_health_is_serving_once_open_and_not_after_shutdown(tmp_path: Path) -> N
 class _Context:
     """Enough of grpc.ServicerContext to see what an RPC aborts with."""
 
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise _AbortedError(code, details)
 

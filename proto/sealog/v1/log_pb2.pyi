@@ -163,3 +163,49 @@ class AddCosignatureResponse(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     checkpoint: bytes
     def __init__(self, checkpoint: _Optional[bytes] = ...) -> None: ...
+
+class SearchEntriesRequest(_message.Message):
+    __slots__ = ("identity", "since_ms", "until_ms", "tree_size", "start_index", "page_size")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    START_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    since_ms: int
+    until_ms: int
+    tree_size: int
+    start_index: int
+    page_size: int
+    def __init__(self, identity: _Optional[str] = ..., since_ms: _Optional[int] = ..., until_ms: _Optional[int] = ..., tree_size: _Optional[int] = ..., start_index: _Optional[int] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class SearchResult(_message.Message):
+    __slots__ = ("index", "leaf", "inclusion_proof")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LEAF_FIELD_NUMBER: _ClassVar[int]
+    INCLUSION_PROOF_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    leaf: bytes
+    inclusion_proof: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, index: _Optional[int] = ..., leaf: _Optional[bytes] = ..., inclusion_proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class SearchEntriesResponse(_message.Message):
+    __slots__ = ("results", "next_start_index")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_START_INDEX_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResult]
+    next_start_index: int
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., next_start_index: _Optional[int] = ...) -> None: ...
+
+class ReloadPolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadPolicyResponse(_message.Message):
+    __slots__ = ("identities", "api_keys")
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    API_KEYS_FIELD_NUMBER: _ClassVar[int]
+    identities: int
+    api_keys: int
+    def __init__(self, identities: _Optional[int] = ..., api_keys: _Optional[int] = ...) -> None: ...

@@ -74,6 +74,16 @@ class LogServiceStub:
                 request_serializer=sealog_dot_v1_dot_log__pb2.AddCosignatureRequest.SerializeToString,
                 response_deserializer=sealog_dot_v1_dot_log__pb2.AddCosignatureResponse.FromString,
                 _registered_method=True)
+        self.SearchEntries = channel.unary_unary(
+                '/sealog.v1.LogService/SearchEntries',
+                request_serializer=sealog_dot_v1_dot_log__pb2.SearchEntriesRequest.SerializeToString,
+                response_deserializer=sealog_dot_v1_dot_log__pb2.SearchEntriesResponse.FromString,
+                _registered_method=True)
+        self.ReloadPolicy = channel.unary_unary(
+                '/sealog.v1.LogService/ReloadPolicy',
+                request_serializer=sealog_dot_v1_dot_log__pb2.ReloadPolicyRequest.SerializeToString,
+                response_deserializer=sealog_dot_v1_dot_log__pb2.ReloadPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class LogServiceServicer:
@@ -147,6 +157,23 @@ class LogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchEntries(self, request, context):
+        """Finds the entries one identity appended within a window of acceptance
+        times, oldest first, in pages, each with its inclusion proof in the tree
+        of tree_size. Needs the read role when reads are not public.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadPolicy(self, request, context):
+        """Re-reads the access policy file (API keys, roles, quotas). Needs the
+        admin role. A key removed from the file is refused from the next request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +216,16 @@ def add_LogServiceServicer_to_server(servicer, server):
                     servicer.AddCosignature,
                     request_deserializer=sealog_dot_v1_dot_log__pb2.AddCosignatureRequest.FromString,
                     response_serializer=sealog_dot_v1_dot_log__pb2.AddCosignatureResponse.SerializeToString,
+            ),
+            'SearchEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchEntries,
+                    request_deserializer=sealog_dot_v1_dot_log__pb2.SearchEntriesRequest.FromString,
+                    response_serializer=sealog_dot_v1_dot_log__pb2.SearchEntriesResponse.SerializeToString,
+            ),
+            'ReloadPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadPolicy,
+                    request_deserializer=sealog_dot_v1_dot_log__pb2.ReloadPolicyRequest.FromString,
+                    response_serializer=sealog_dot_v1_dot_log__pb2.ReloadPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +444,60 @@ class LogService:
             '/sealog.v1.LogService/AddCosignature',
             sealog_dot_v1_dot_log__pb2.AddCosignatureRequest.SerializeToString,
             sealog_dot_v1_dot_log__pb2.AddCosignatureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealog.v1.LogService/SearchEntries',
+            sealog_dot_v1_dot_log__pb2.SearchEntriesRequest.SerializeToString,
+            sealog_dot_v1_dot_log__pb2.SearchEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealog.v1.LogService/ReloadPolicy',
+            sealog_dot_v1_dot_log__pb2.ReloadPolicyRequest.SerializeToString,
+            sealog_dot_v1_dot_log__pb2.ReloadPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,
