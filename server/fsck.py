@@ -66,7 +66,8 @@ def fsck(
     report = FsckReport()
     root = _check_meta(snapshot, verifier, origin, report)
     _check_tree(snapshot, report, root, progress, max_problems)
-    _check_indexes(snapshot, report)
+    if len(report.problems) < max_problems:  # else the tree check stopped half-way
+        _check_indexes(snapshot, report)
     return report
 
 
