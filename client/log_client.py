@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import grpc
 
 from sealog.client.api_key import with_api_key
-from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
+from sealog.client.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.cosignature import Cosignature, CosignatureVerifier
 from sealog.client.errors import (
@@ -51,6 +51,8 @@ __all__ = [
 
 _SERVICE = "sealog.v1.LogService"
 _RETRY_CODES = ("UNAVAILABLE",)
+"""Retried by gRPC's retry policy (before the server has answered anything)."""
+_CLIENT_RETRY = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,9 @@ class LogClient:
     passed instead. With a policy, :meth:`checkpoint` (and every proof that
     uses the default checkpoint) asks for the log's witnessed checkpoint.
 
+    ``entries_per_call`` bounds the leaves one GetEntries call asks for; it
+    must not exceed the server's ``max_entries_per_request_range``.
+
     ``api_key`` is presented on every call (``authorization: Bearer``);
     ``credentials`` (see :func:`sealog.client.tls.channel_credentials`)
     connect with TLS, with a client certificate for mutual TLS.
@@ -166,6 +171,7 @@ class LogClient:
         witness_threshold: int | None = None,
         witness_max_age_s: float | None = None,
         api_key: str | None = None,
+        entries_per_call: int = 100_000,
     ) -> None:
         self.verifier: NoteVerifier = (
             Ed25519Verifier.from_vkey(verifier) if isinstance(verifier, str) else verifier
@@ -184,6 +190,9 @@ class LogClient:
             self.policy = None
         self.timeout = timeout
         self.max_attempts = max_attempts
+        if entries_per_call < 1:
+            raise ValueError(f"entries_per_call: {entries_per_call}, want >= 1")
+        self.entries_per_call = entries_per_call
         if channel is None:
             options = [
                 ("grpc.enable_retries", 1),
@@ -215,13 +224,18 @@ class LogClient:
 
     # --- plumbing ---------------------------------------------------------
     def _call(self, method: Callable[..., T], request: Any) -> T:
-        """Call with a deadline; retry a deadline miss (the request is idempotent)."""
+        """Call with a deadline; retry what gRPC's own retry policy cannot.
+
+        A deadline miss, and CANCELLED from a server that took the call but shut
+        down before running it, are retried with the same request: every
+        request is idempotent (appends carry idempotency keys).
+        """
         delay = 0.1
         for attempt in range(1, self.max_attempts + 1):
             try:
                 return method(request, timeout=self.timeout)
             except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED or attempt == self.max_attempts:
+                if e.code() not in _CLIENT_RETRY or attempt == self.max_attempts:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -570,8 +584,14 @@ class LogClient:
         signed = self._at(checkpoint)
         cp = signed.checkpoint
         end = cp.size if end is None else end
-        if start >= end:
-            return
+        # One GetEntries call per window: a server bounds the leaves one call may ask for.
+        step = self.entries_per_call
+        for window in range(start, end, step):
+            yield from self._entries_window(cp, window, min(end, window + step), page_size)
+
+    def _entries_window(
+        self, cp: Checkpoint, start: int, end: int, page_size: int
+    ) -> Iterator[Entry]:
         request = log_pb2.GetEntriesRequest(
             start=start, end=end, tree_size=cp.size, page_size=page_size
         )

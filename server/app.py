@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from sealog.server.auth import Authenticator
 from sealog.server.config import Settings
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.log import Log
+from sealog.server.safe_decode import SafeDeserializer
 from sealog.server.servicer import SERVICE_NAME, LogServicer
 from sealog.server.tls import is_loopback, server_credentials
 from sealog.server.witness_push import WitnessPusher
@@ -29,6 +31,8 @@ __all__ = ["LogServer", "TlsFiles", "load_or_create_signer"]
 log = logging.getLogger(__name__)
 
 KEY_FILE = "log.key"
+DRAIN_S = 0.3
+"""How long a stopping server answers new calls UNAVAILABLE before it stops."""
 VKEY_FILE = "log.vkey"
 
 
@@ -87,6 +91,7 @@ class LogServer:
     pusher: WitnessPusher | None = None
     auth: Authenticator = field(default_factory=Authenticator)
     mtls_port: int | None = None
+    servicer: LogServicer | None = None
 
     @classmethod
     def open(
@@ -149,6 +154,7 @@ class LogServer:
             futures.ThreadPoolExecutor(
                 max_workers=settings.max_workers, thread_name_prefix="sealog-rpc"
             ),
+            interceptors=[SafeDeserializer()],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -188,14 +194,31 @@ class LogServer:
         for service in ("", SERVICE_NAME):
             health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         pusher = WitnessPusher(the_log, list(push_witnesses)).start() if push_witnesses else None
-        return cls(the_log, storage, server, port, signer, health_servicer, pusher, auth, mtls_port)
+        return cls(
+            the_log,
+            storage,
+            server,
+            port,
+            signer,
+            health_servicer,
+            pusher,
+            auth,
+            mtls_port,
+            servicer,
+        )
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking RPCs, commit and answer queued appends, close storage.
 
-        Health turns NOT_SERVING first, so load balancers drain the server.
+        Health turns NOT_SERVING first, so load balancers drain the server; for
+        a moment new calls are answered UNAVAILABLE (which clients retry), so
+        that calls already accepted are not cut off as CANCELLED when the gRPC
+        server stops.
         """
         self.health.enter_graceful_shutdown()
+        if self.servicer is not None:
+            self.servicer.drain()
+            time.sleep(DRAIN_S)
         if self.pusher is not None:
             self.pusher.stop()
         done: threading.Event = self.grpc_server.stop(grace)

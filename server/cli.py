@@ -37,6 +37,7 @@ from sealog.client.tls import channel_credentials
 from sealog.client.witness import Witness
 from sealog.client.witness_policy import WitnessPolicy
 from sealog.server.app import VKEY_FILE, LogServer, TlsFiles
+from sealog.server.backup import backup
 from sealog.server.config import Settings
 from sealog.server.fsck import fsck
 from sealog.server.lmdb_storage import LmdbStorage
@@ -76,6 +77,10 @@ _DESCRIPTIONS = {
     "search": "Auditors ask what one machine identity did between two times. The server "
     "answers from its identity/time index; every result's inclusion proof, identity and "
     "time are verified, so an index that returns wrong entries is caught.",
+    "backup": "The copy is compacted and taken in one read transaction, so it is "
+    "consistent while the log keeps serving; it holds log.vkey and the signed checkpoint "
+    "but never the private key, and is removed again if fsck on it fails. Restore by "
+    "serving the copy's folder (docs/operations.md).",
     "apikey": "The key is printed once; only its SHA-256 goes into the policy file. "
     "Reload the server's policy afterwards.",
     "reload-policy": "Takes effect from the next request: a key removed from the file is "
@@ -545,6 +550,24 @@ def cmd_reload_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    explicit = args.vkey or os.environ.get("SEALOG_VKEY")
+    result = backup(args.data_dir, args.dest, _verifier(args) if explicit else None)
+    _emit(
+        args,
+        {
+            "path": str(result.path),
+            "tree_size": result.size,
+            "root_hash": _b64(result.root_hash),
+            "bytes": result.bytes_copied,
+            "fsck": "ok",
+        },
+        f"backup of tree size {result.size} (root {_b64(result.root_hash)}) in {result.path}: "
+        f"{result.bytes_copied:,} bytes, fsck ok",
+    )
+    return 0
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
     verifier = _verifier(args)
     db = Path(args.data_dir)
@@ -974,6 +997,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--origin", help="the log's origin (default: as stored)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_fsck)
+
+    p = sub.add_parser("backup", help="copy a log consistently while it serves, and fsck the copy")
+    p.add_argument("data_dir", help="the log's data folder")
+    p.add_argument("dest", help="a new folder for the copy (must not exist)")
+    p.add_argument("--vkey", help="the log's verifier key or @FILE (default: DATA_DIR/log.vkey)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_backup)
 
     p = sub.add_parser("search", help="find an identity's entries in a time window (verified)")
     p.add_argument("--identity", required=True, help="the identity, as stamped into leaves")

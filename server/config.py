@@ -43,3 +43,14 @@ class Settings:
         for name, value in vars(self).items():
             if value < 0 or (value == 0 and name != "batch_max_wait_ms"):
                 raise ValueError(f"Settings.{name}: {value}, want > 0")
+        page = self.max_page_size * (self.max_entry_bytes + 64)
+        if page > self.max_message_bytes:
+            raise ValueError(
+                f"Settings.max_message_bytes: {self.max_message_bytes}, want >= max_page_size "
+                f"x (max_entry_bytes + 64) = {page}, or a GetEntries page may not fit"
+            )
+        if self.max_request_entries * (self.max_entry_bytes + 64) > self.max_message_bytes:
+            raise ValueError(
+                f"Settings.max_message_bytes: {self.max_message_bytes}, too small for "
+                f"max_request_entries x max_entry_bytes"
+            )

@@ -21,7 +21,13 @@ from sealog.client.leaf import Leaf
 from sealog.client.note import NoteVerifier
 from sealog.client.proof import NodeID
 from sealog.server.progress import Progress
-from sealog.server.storage import FORMAT_VERSION, META_FORMAT, META_ORIGIN, ReadSnapshot
+from sealog.server.storage import (
+    FORMAT_VERSION,
+    META_FORMAT,
+    META_ORIGIN,
+    ReadSnapshot,
+    identity_prefix,
+)
 
 __all__ = ["FsckReport", "fsck"]
 
@@ -272,3 +278,29 @@ def _check_indexes(snapshot: ReadSnapshot, report: FsckReport) -> None:
     for digest, index in snapshot.iter_idempotency():
         if not 0 <= index < n:
             report.add(f"idempotency[{_hex(digest)}]: points to {index}, beyond the stored leaves")
+    _check_identity_index(snapshot, report, n)
+
+
+def _check_identity_index(snapshot: ReadSnapshot, report: FsckReport, n: int) -> None:
+    """Every leaf has exactly one by_identity record, naming its identity and time."""
+    indexed: set[int] = set()
+    for prefix, ms, index in snapshot.iter_identity_index():
+        where = f"by_identity[{_hex(prefix)} {ms} {index}]"
+        if not 0 <= index < n:
+            report.add(f"{where}: points beyond the stored leaves")
+            continue
+        try:
+            leaf = Leaf.parse(snapshot.leaf(index))
+        except SealogError:
+            indexed.add(index)  # the record is there; the entry is reported by the tree check
+            continue
+        if identity_prefix(leaf.identity) != prefix or leaf.accepted_at_ms != ms:
+            report.add(f"{where}: entries[{index}] has another identity or time")
+        elif index in indexed:
+            report.add(f"{where}: a second record for entries[{index}]")
+        indexed.add(index)
+    if len(indexed) < n:
+        first = next(i for i in range(n) if i not in indexed)
+        report.add(
+            f"by_identity: no record for {n - len(indexed)} leaves (first: entries[{first}])"
+        )

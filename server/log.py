@@ -21,10 +21,11 @@ from sealog.client.errors import (
     SealogError,
     VerificationError,
 )
-from sealog.client.hashing import EMPTY_ROOT
+from sealog.client.hashing import EMPTY_ROOT, leaf_hash
 from sealog.client.leaf import Leaf
 from sealog.client.note import NoteSigner, NoteVerifier, parse_note
 from sealog.client.proof import subtree_nodes
+from sealog.client.verify import verify_inclusion
 from sealog.server.config import Settings
 from sealog.server.cosignatures import (
     StoredCosignature,
@@ -53,6 +54,7 @@ from sealog.server.storage import (
     ReadSnapshot,
     RetryBatchError,
     Storage,
+    StorageCorruptError,
     StorageUnavailableError,
 )
 
@@ -147,7 +149,16 @@ class Log:
         return CompactRange()
 
     def _check(self, note: bytes) -> tuple[CompactRange, int]:
-        """The startup self-check: cheap (the frontier, not the whole tree), and strict."""
+        """The startup self-check: cheap (O(log n) reads, not the whole tree), and strict.
+
+        Storage that cannot be read as it must is a failed check too, never a crash.
+        """
+        try:
+            return self._check_stored(note)
+        except (StorageCorruptError, FormatError) as e:
+            raise StartupCheckError(f"storage is damaged: {e}") from e
+
+    def _check_stored(self, note: bytes) -> tuple[CompactRange, int]:
         with self.storage.read() as snap:
             fmt = snap.meta(META_FORMAT)
             if fmt != FORMAT_VERSION:
@@ -176,7 +187,28 @@ class Log:
                     f"stored tree of size {cp.size} has root {tree.root().hex()}, "
                     f"the signed checkpoint says {cp.root_hash.hex()}"
                 )
-            last_ms = Leaf.parse(snap.leaf(cp.size - 1)).accepted_at_ms if cp.size else 0
+            last_ms = 0
+            if cp.size:
+                # The frontier is made of stored hashes; tie the newest entry's own
+                # bytes to the signed root too, since its time seeds the clock.
+                last = cp.size - 1
+                leaf = snap.leaf(last)
+                try:
+                    verify_inclusion(
+                        last,
+                        cp.size,
+                        leaf_hash(leaf),
+                        build_inclusion_proof(snap, last, cp.size),
+                        cp.root_hash,
+                    )
+                except VerificationError as e:
+                    raise StartupCheckError(
+                        f"entries[{last}] is not the leaf the signed checkpoint holds: {e}"
+                    ) from e
+                try:
+                    last_ms = Leaf.parse(leaf).accepted_at_ms
+                except FormatError as e:
+                    raise StartupCheckError(f"entries[{last}]: {e}") from e
         self._checkpoint = note
         return tree, last_ms
 

@@ -96,6 +96,8 @@ def _rpc(
         @functools.wraps(method)
         def wrapper(self: LogServicer, request: Any, context: grpc.ServicerContext) -> R:
             try:
+                if self._draining:
+                    raise UnavailableError("the log is shutting down; retry shortly", 1.0)
                 principal = self._auth.authenticate(context)
                 self._auth.authorize(principal, role, action)
                 return method(self, request, context, principal)
@@ -125,8 +127,13 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         quota: AppendQuota | None = None,
     ) -> None:
         self._attached = log
+        self._draining = False
         self._auth = auth if auth is not None else Authenticator()
         self._quota = quota if quota is not None else AppendQuota()
+
+    def drain(self) -> None:
+        """Answer every new call UNAVAILABLE (with RetryInfo): the server is stopping."""
+        self._draining = True
 
     def attach(self, log: Log) -> None:
         """Start serving ``log`` (after its start-up self-check passed)."""
@@ -251,6 +258,8 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         self, request: log_pb2.GetEntriesRequest, context: grpc.ServicerContext
     ) -> Iterator[log_pb2.EntriesPage]:
         try:
+            if self._draining:
+                raise UnavailableError("the log is shutting down; retry shortly", 1.0)
             self._auth.authorize(self._auth.authenticate(context), "read", "GetEntries")
             page_size = validate.check_entries_request(request, self._log.settings)
             pages = self._log.entries(request.start, request.end, request.tree_size, page_size)

@@ -383,3 +383,14 @@ def test_unreachable_server(tmp_path: Path) -> None:
 
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr
+
+
+def test_backup_copies_a_serving_log_and_checks_the_copy(cli_log: CliLog, tmp_path: Path) -> None:
+    cli_log.run("append", "before the backup")
+    dest = tmp_path / "backup"
+    result = run_sealog("backup", str(cli_log.proc.data_dir), str(dest), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "fsck ok" in result.stdout
+    assert not (dest / "log.key").exists()  # never the private key
+    again = run_sealog("backup", str(cli_log.proc.data_dir), str(dest), cwd=tmp_path)
+    assert again.returncode != 0  # never overwrites

@@ -195,11 +195,6 @@ def test_sigterm_under_load_loses_nothing_leaves_no_half_batch_and_exits_0(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,  # a race: about half of the shutdowns show it
-    reason="bug: calls that reach the server as it stops are answered CANCELLED by grpc "
-    "(never run, so safe to retry), which LogClient does not retry; see the report",
-)
 def test_sigterm_answers_only_ok_or_unavailable(serve: Serve, tmp_path: Path) -> None:
     seen: Counter[str] = Counter()
     for round_ in range(3):

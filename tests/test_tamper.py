@@ -137,6 +137,14 @@ def delete_first_leaf_index_record(env: Any) -> None:
         assert cur.delete()
 
 
+def delete_first_identity_record(env: Any) -> None:
+    db = _db(env, b"by_identity")
+    with env.begin(write=True) as txn:
+        cur = txn.cursor(db=db)
+        assert cur.first()
+        assert cur.delete()
+
+
 def tampered_copy(pristine: Pristine, tmp_path: Path, edit: Edit) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(pristine.data_dir, target)
@@ -196,6 +204,9 @@ SELF_CHECK_ROOT = f"stored tree of size {SIZE} has root"
 BAD_SIGNATURE = "meta[checkpoint]: does not verify with the given key: invalid signature for key"
 
 CASES: dict[str, Case] = {
+    "identity-index-record-deleted": Case(
+        delete_first_identity_record, ("by_identity: no record for 1 leaves",), problems=1
+    ),
     "entry-version-byte": Case(
         flip(b"entries", 5, 0), ("entries[5]: leaf: version 0, want 1", ROOT_MISMATCH)
     ),
@@ -399,12 +410,7 @@ def test_a_missing_entry_is_data_loss_not_a_wrong_answer(
         assert info.value.code() == grpc.StatusCode.DATA_LOSS
 
 
-# --- known gaps in the start-up self-check (server/log.py Log._check) ----------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Log._check parses the last leaf without checking it against its stored hash, "
-    "and lets storage errors escape as other than StartupCheckError (see the report)",
-)
+# --- the start-up self-check ties the newest entry and its records to the signed tree -----
 @pytest.mark.parametrize(
     ("edit", "place"),
     [
