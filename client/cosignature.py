@@ -48,7 +48,8 @@ from sealog.client.note import (
     _check_key_type,
     _check_name,
     _check_uint32,
-    _describe_length,
+    _key_hash_for,
+    _load_public_key,
     _parse_key,
     key_hash,
     open_note,
@@ -112,27 +113,21 @@ class CosignatureVerifier:
     _key: Ed25519PublicKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
-        _check_uint32(self.key_hash)
-        if not isinstance(self.public_key, bytes) or len(self.public_key) != 32:
-            raise KeyFormatError(
-                f"Ed25519 public key for witness {self.name!r} must be 32 bytes, "
-                f"got {_describe_length(self.public_key)}"
-            )
-        computed = key_hash(self.name, bytes([COSIGNATURE_KEY_TYPE]) + self.public_key)
-        _check_key_hash("cosignature verifier key", self.name, self.key_hash, computed)
-        object.__setattr__(self, "_key", Ed25519PublicKey.from_public_bytes(self.public_key))
+        key = _load_public_key(
+            "cosignature verifier key",
+            f"witness {self.name!r}",
+            self.name,
+            self.key_hash,
+            self.public_key,
+            COSIGNATURE_KEY_TYPE,
+        )
+        object.__setattr__(self, "_key", key)
 
     @classmethod
     def from_public_key(cls, name: str, public_key: bytes) -> CosignatureVerifier:
         """The cosignature verifier for a raw 32-byte Ed25519 public key under ``name``."""
-        _check_name(name)
-        if not isinstance(public_key, bytes) or len(public_key) != 32:
-            raise KeyFormatError(
-                f"Ed25519 public key for witness {name!r} must be 32 bytes, "
-                f"got {_describe_length(public_key)}"
-            )
-        return cls(name, key_hash(name, bytes([COSIGNATURE_KEY_TYPE]) + public_key), public_key)
+        key_id = _key_hash_for(f"witness {name!r}", name, public_key, COSIGNATURE_KEY_TYPE)
+        return cls(name, key_id, public_key)
 
     @classmethod
     def from_vkey(cls, vkey: str) -> CosignatureVerifier:

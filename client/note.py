@@ -239,6 +239,32 @@ def _check_uint32(value: int) -> None:
         raise KeyFormatError(f"key hash must be an int in [0, 2**32), got {value!r}")
 
 
+def _check_public_key(whose: str, public_key: object) -> None:
+    if not isinstance(public_key, bytes) or len(public_key) != 32:
+        raise KeyFormatError(
+            f"Ed25519 public key for {whose} must be 32 bytes, got {_describe_length(public_key)}"
+        )
+
+
+def _load_public_key(
+    what: str, whose: str, name: str, written_hash: int, public_key: bytes, key_type: int
+) -> Ed25519PublicKey:
+    """Check a verifier's name, key ID and key; return the key ready to verify with."""
+    _check_name(name)
+    _check_uint32(written_hash)
+    _check_public_key(whose, public_key)
+    computed = key_hash(name, bytes([key_type]) + public_key)
+    _check_key_hash(what, name, written_hash, computed)
+    return Ed25519PublicKey.from_public_bytes(public_key)
+
+
+def _key_hash_for(whose: str, name: str, public_key: bytes, key_type: int) -> int:
+    """The key ID of a raw public key, after checking the name and the key."""
+    _check_name(name)
+    _check_public_key(whose, public_key)
+    return key_hash(name, bytes([key_type]) + public_key)
+
+
 @dataclass(frozen=True)
 class Ed25519Verifier:
     """An Ed25519 note verifier (signed-note, "Ed25519 signatures", type 0x01).
@@ -254,27 +280,21 @@ class Ed25519Verifier:
     _key: Ed25519PublicKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
-        _check_uint32(self.key_hash)
-        if not isinstance(self.public_key, bytes) or len(self.public_key) != 32:
-            raise KeyFormatError(
-                f"Ed25519 public key for {self.name!r} must be 32 bytes, "
-                f"got {_describe_length(self.public_key)}"
-            )
-        computed = key_hash(self.name, bytes([ED25519_KEY_TYPE]) + self.public_key)
-        _check_key_hash("Ed25519 verifier key", self.name, self.key_hash, computed)
-        object.__setattr__(self, "_key", Ed25519PublicKey.from_public_bytes(self.public_key))
+        key = _load_public_key(
+            "Ed25519 verifier key",
+            repr(self.name),
+            self.name,
+            self.key_hash,
+            self.public_key,
+            ED25519_KEY_TYPE,
+        )
+        object.__setattr__(self, "_key", key)
 
     @classmethod
     def from_public_key(cls, name: str, public_key: bytes) -> Ed25519Verifier:
         """The verifier for a raw 32-byte Ed25519 public key under ``name``."""
-        _check_name(name)
-        if not isinstance(public_key, bytes) or len(public_key) != 32:
-            raise KeyFormatError(
-                f"Ed25519 public key for {name!r} must be 32 bytes, "
-                f"got {_describe_length(public_key)}"
-            )
-        return cls(name, key_hash(name, bytes([ED25519_KEY_TYPE]) + public_key), public_key)
+        key_id = _key_hash_for(repr(name), name, public_key, ED25519_KEY_TYPE)
+        return cls(name, key_id, public_key)
 
     @classmethod
     def from_vkey(cls, vkey: str) -> Ed25519Verifier:
