@@ -713,7 +713,7 @@ def fill(target: str, vkey: str, entries: int, payload_bytes: int, threads: int)
 
 
 # --- disk --------------------------------------------------------------------------
-TABLES = ("entries", "hashes", "leaf_index", "idempotency", "meta")
+TABLES = ("entries", "hashes", "leaf_index", "idempotency", "by_identity", "meta")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,16 @@ class Settings:
     whatever is queued at once; appends that arrive during a commit form the next batch."""
     max_queued_entries: int = 200_000
     """Entries waiting for the sequencer before Append answers RESOURCE_EXHAUSTED."""
+    index_flush_entries: int = 100_000
+    """Leaves committed but not yet in the leaf-hash and idempotency indexes that start
+    an index flush (docs/storage.md, "Deferred indexing")."""
+    index_flush_idle_s: float = 1.0
+    """With fewer waiting, a flush starts once no append has come for this long."""
+    index_flush_chunk_entries: int = 10_000
+    """Leaves per write transaction of a flush: each covers one range of index keys, so
+    the pages it frees are few and reused by the next."""
+    max_unindexed_entries: int = 500_000
+    """At this many leaves not yet indexed, appends wait for the running flush to finish."""
     append_timeout_s: float = 30.0
     """How long an Append waits for its commit before answering UNAVAILABLE."""
     max_workers: int = 128

@@ -2,9 +2,13 @@
 
 ``fsck`` trusts nothing stored except the leaves and the key it is given. It
 re-parses and re-hashes every leaf, recomputes every stored node hash and the
-root, checks both indexes against the entries, and verifies the stored
-checkpoint's signature and root. Each problem is reported with its place
-(table, index, level). There is no repair: a log that fails fsck is evidence.
+root, checks the three indexes against the entries, and verifies the stored
+checkpoint's signature and root. The leaf-hash and idempotency indexes must
+hold every leaf below ``indexed_upto`` (later ones may still be waiting in
+the server's memory, docs/storage.md); whatever they hold must be right, and
+no two leaves may carry the same idempotency key digest. Each problem is
+reported with its place (table, index, level). There is no repair: a log that
+fails fsck is evidence.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from sealog.client.note import NoteVerifier
 from sealog.client.proof import NodeID
 from sealog.server.progress import Progress
 from sealog.server.storage import (
+    DIGEST_BYTES,
     FORMAT_VERSION,
     META_FORMAT,
     META_ORIGIN,
     ReadSnapshot,
+    StorageCorruptError,
+    hash_count,
     identity_prefix,
 )
 
@@ -44,6 +51,8 @@ class FsckReport:
     """How many entry records were read."""
     stored_size: int = 0
     """One past the highest stored entry index."""
+    indexed_upto: int = 0
+    """The leaf-hash and idempotency indexes must hold every leaf below this."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -71,8 +80,10 @@ def fsck(
     """Check one snapshot of a log completely; see the module docstring."""
     report = FsckReport()
     root = _check_meta(snapshot, verifier, origin, report)
-    _check_tree(snapshot, report, root, progress, max_problems)
+    identities = _IdentityRecords(snapshot)
+    _check_tree(snapshot, report, root, progress, max_problems, identities)
     if len(report.problems) < max_problems:  # else the tree check stopped half-way
+        identities.report(report)
         _check_indexes(snapshot, report)
     return report
 
@@ -104,6 +115,24 @@ def _check_meta(
             f"meta[origin]: {stored_origin!r}, but the signed checkpoint's origin is "
             f"{signed.checkpoint.origin!r}"
         )
+    try:
+        size = snapshot.size()
+    except StorageCorruptError as e:
+        report.add(str(e))
+    else:
+        if size != report.size:
+            report.add(f"meta[size]: {size}, but the signed checkpoint is for {report.size}")
+    try:
+        report.indexed_upto = snapshot.indexed_upto()
+    except StorageCorruptError as e:
+        report.add(str(e))
+    else:
+        if report.indexed_upto > report.size:
+            report.add(
+                f"meta[indexed_upto]: {report.indexed_upto}, beyond the signed checkpoint's "
+                f"{report.size} leaves"
+            )
+            report.indexed_upto = 0  # unknown: expect nothing of the indexes
     return signed.checkpoint.root_hash
 
 
@@ -140,6 +169,7 @@ def _check_tree(
     root: bytes | None,
     progress: bool,
     max_problems: int,
+    identities: _IdentityRecords,
 ) -> None:
     size = report.size
     bar = Progress("fsck", size, enabled=progress)
@@ -173,6 +203,8 @@ def _check_tree(
                     f"previous entry's {last_ms}"
                 )
             last_ms = max(last_ms, parsed.accepted_at_ms)
+            if root is None or index < size:  # entries beyond the checkpoint are reported
+                identities.check(parsed, index)
         if not broken:
             completed = tree.append(leaf_hash(leaf))
             _check_hash_record(records.take(index), index, completed, report)
@@ -225,10 +257,11 @@ def _check_hash_record(
     if stored is None:
         report.add(f"hashes[{index}]: missing")
         return
-    if len(stored) != 32 * len(completed):
+    n = 32 * len(completed)
+    if len(stored) not in (n, n + DIGEST_BYTES):
         report.add(
-            f"hashes[{index}]: {len(stored)} bytes, want {32 * len(completed)} "
-            f"(levels 0..{len(completed) - 1})"
+            f"hashes[{index}]: {len(stored)} bytes, want {n} or {n + DIGEST_BYTES} "
+            f"(levels 0..{len(completed) - 1}, then a {DIGEST_BYTES}-byte key digest or nothing)"
         )
     for level, h in enumerate(completed):
         got = stored[32 * level : 32 * level + 32]
@@ -253,10 +286,44 @@ def _check_root(tree: CompactRange, root: bytes, report: FsckReport) -> None:
         )
 
 
+class _IdentityRecords:
+    """Checks, entry by entry, that the index by identity has the entry's record."""
+
+    def __init__(self, snapshot: ReadSnapshot) -> None:
+        self._snapshot = snapshot
+        self._prefixes: dict[str, bytes] = {}
+        self.missing = 0
+        self.first = -1
+
+    def check(self, leaf: Leaf, index: int) -> None:
+        prefix = self._prefixes.get(leaf.identity)
+        if prefix is None:
+            if len(self._prefixes) > 4096:
+                self._prefixes.clear()
+            prefix = self._prefixes[leaf.identity] = identity_prefix(leaf.identity)
+        try:
+            found = next(self._snapshot.iter_by_identity(prefix, leaf.accepted_at_ms, index), None)
+        except StorageCorruptError:
+            found = None
+        if found != (leaf.accepted_at_ms, index):
+            self.missing += 1
+            self.first = index if self.first < 0 else self.first
+
+    def report(self, report: FsckReport) -> None:
+        if self.missing:
+            report.add(
+                f"by_identity: no record for {self.missing} leaves (first: index {self.first})"
+            )
+
+
 def _check_indexes(snapshot: ReadSnapshot, report: FsckReport) -> None:
     n = report.stored_size
+    upto = min(report.indexed_upto, n)
     for prefix, index in snapshot.iter_leaf_index():
-        if not 0 <= index < n:
+        if index < 0:
+            report.add(f"leaf_index[{_hex(prefix)}]: a malformed record")
+            continue
+        if not index < n:
             report.add(f"leaf_index[{_hex(prefix)}]: points to {index}, beyond the stored leaves")
             continue
         try:
@@ -265,42 +332,83 @@ def _check_indexes(snapshot: ReadSnapshot, report: FsckReport) -> None:
             continue  # the hash record is broken; the tree check reports it
         if stored[:_LEAF_PREFIX_BYTES] != prefix:
             report.add(f"leaf_index[{_hex(prefix)}]: points to {index}, whose leaf hash differs")
-    missing = 0
-    first = -1
-    for index, record in snapshot.iter_hash_records():
-        if not 0 <= index < n or len(record) < 32:
-            continue
-        if snapshot.find_leaf_hash(record[:32], below=index + 1) is None:
-            missing += 1
-            first = index if first < 0 else first
-    if missing:
-        report.add(f"leaf_index: no record for {missing} leaves (first: index {first})")
     for digest, index in snapshot.iter_idempotency():
-        if not 0 <= index < n:
+        if index < 0:
+            report.add(f"idempotency[{_hex(digest)}]: a malformed record")
+            continue
+        if not index < n:
             report.add(f"idempotency[{_hex(digest)}]: points to {index}, beyond the stored leaves")
+            continue
+        try:
+            stored_digest = snapshot.key_digest(index)
+        except SealogError:
+            continue  # the hash record is broken; the tree check reports it
+        if stored_digest is None or stored_digest[: len(digest)] != digest:
+            report.add(
+                f"idempotency[{_hex(digest)}]: points to {index}, "
+                + (
+                    "which has no key digest"
+                    if stored_digest is None
+                    else "whose key digest differs"
+                )
+            )
+    _check_index_completeness(snapshot, report, n, upto)
     _check_identity_index(snapshot, report, n)
 
 
+def _check_index_completeness(
+    snapshot: ReadSnapshot, report: FsckReport, n: int, upto: int
+) -> None:
+    """Every leaf below ``upto`` is in both indexes; no key digest is stored twice."""
+    missing = missing_digests = 0
+    first = first_digest = -1
+    tail_digests: dict[bytes, int] = {}
+    for index, record in snapshot.iter_hash_records():
+        if not 0 <= index < n or len(record) < 32:
+            continue
+        if index < upto and snapshot.find_leaf_hash(record[:32], below=index + 1) is None:
+            missing += 1
+            first = index if first < 0 else first
+        digest = _record_digest(index, record)
+        if digest is None:
+            continue
+        found = snapshot.find_idempotency(digest)
+        if index >= upto:
+            found = tail_digests.setdefault(digest, index) if found is None else found
+        if found is None:
+            missing_digests += 1
+            first_digest = index if first_digest < 0 else first_digest
+        elif found != index:
+            report.add(
+                f"hashes[{index}]: the same idempotency key digest as leaf {found} "
+                f"({_hex(digest)}): the key was used twice"
+            )
+    if missing:
+        report.add(f"leaf_index: no record for {missing} leaves (first: index {first})")
+    if missing_digests:
+        report.add(
+            f"idempotency: no record for {missing_digests} key digests (first: leaf {first_digest})"
+        )
+
+
+def _record_digest(index: int, record: bytes) -> bytes | None:
+    n = 32 * hash_count(index)
+    return record[n:] if len(record) == n + DIGEST_BYTES else None
+
+
 def _check_identity_index(snapshot: ReadSnapshot, report: FsckReport, n: int) -> None:
-    """Every leaf has exactly one by_identity record, naming its identity and time."""
-    indexed: set[int] = set()
+    """Every record of the index by identity names a leaf of that identity and time."""
     for prefix, ms, index in snapshot.iter_identity_index():
-        where = f"by_identity[{_hex(prefix)} {ms} {index}]"
-        if not 0 <= index < n:
-            report.add(f"{where}: points beyond the stored leaves")
+        if index < 0:
+            report.add(f"by_identity[{_hex(prefix)}]: a malformed record")
+            continue
+        where = f"by_identity[{_hex(prefix)}] ({ms}, {index})"
+        if not index < n:
+            report.add(f"{where}: points to {index}, beyond the stored leaves")
             continue
         try:
             leaf = Leaf.parse(snapshot.leaf(index))
         except SealogError:
-            indexed.add(index)  # the record is there; the entry is reported by the tree check
-            continue
+            continue  # a missing or malformed entry: the tree check reports it
         if identity_prefix(leaf.identity) != prefix or leaf.accepted_at_ms != ms:
-            report.add(f"{where}: entries[{index}] has another identity or time")
-        elif index in indexed:
-            report.add(f"{where}: a second record for entries[{index}]")
-        indexed.add(index)
-    if len(indexed) < n:
-        first = next(i for i in range(n) if i not in indexed)
-        report.add(
-            f"by_identity: no record for {n - len(indexed)} leaves (first: entries[{first}])"
-        )
+            report.add(f"{where}: points to {index}, whose identity or time differs")

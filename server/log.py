@@ -41,6 +41,7 @@ from sealog.server.errors import (
     PermissionDeniedError,
     UnavailableError,
 )
+from sealog.server.index_tail import IndexTail, StaleSnapshotError, find_leaf_hash
 from sealog.server.proofs import (
     build_consistency_proof,
     build_inclusion_proof,
@@ -56,6 +57,7 @@ from sealog.server.storage import (
     Storage,
     StorageCorruptError,
     StorageUnavailableError,
+    identity_prefix,
 )
 
 __all__ = ["EntriesPage", "Log", "StartupCheckError"]
@@ -96,6 +98,7 @@ class Log:
         *,
         witnesses: Sequence[CosignatureVerifier] = (),
         extra_signers: Sequence[NoteSigner] = (),
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         """Open the log: create it if the storage is empty, else check it (see :meth:`_check`).
 
@@ -104,7 +107,8 @@ class Log:
         verify with ``verifier`` (``signer``'s key).
 
         ``witnesses`` are the witness keys whose cosignatures
-        :meth:`add_cosignature` accepts. Raises :class:`StartupCheckError` if
+        :meth:`add_cosignature` accepts; ``clock_ms`` is the acceptance clock (for
+        tests; default: the system clock). Raises :class:`StartupCheckError` if
         the stored tree, the stored checkpoint and this key and origin do not
         all agree.
         """
@@ -116,7 +120,7 @@ class Log:
         self._checkpoint_lock = threading.Lock()
         self._listeners: list[Callable[[bytes], None]] = []
         self._signers = (signer, *extra_signers)
-        tree, last_ms = self._open()
+        tree, last_ms, tail = self._open()
         self._sequencer = Sequencer(
             storage,
             self._signers,
@@ -125,15 +129,17 @@ class Log:
             self.settings,
             last_ms=last_ms,
             on_checkpoint=self._set_checkpoint,
+            tail=tail,
+            clock_ms=clock_ms,
         )
         self._sequencer.start()
 
     # --- opening ----------------------------------------------------------
-    def _open(self) -> tuple[CompactRange, int]:
+    def _open(self) -> tuple[CompactRange, int, IndexTail]:
         with self.storage.read() as snap:
             note = snap.checkpoint()
         if note is None:
-            return self._create(), 0
+            return self._create(), 0, IndexTail(0)
         return self._check(note)
 
     def _create(self) -> CompactRange:
@@ -144,21 +150,24 @@ class Log:
         with self.storage.write() as w:
             w.set_meta(META_FORMAT, FORMAT_VERSION)
             w.set_meta(META_ORIGIN, self.origin.encode())
-            w.set_checkpoint(note)
+            w.set_checkpoint(note, 0)
+            w.set_indexed_upto(0)
         self._checkpoint = note
         return CompactRange()
 
-    def _check(self, note: bytes) -> tuple[CompactRange, int]:
+    def _check(self, note: bytes) -> tuple[CompactRange, int, IndexTail]:
         """The startup self-check: cheap (O(log n) reads, not the whole tree), and strict.
 
         Storage that cannot be read as it must is a failed check too, never a crash.
+        It also rebuilds the index tail: the leaves from ``indexed_upto`` on, read
+        in order from their hash records.
         """
         try:
             return self._check_stored(note)
         except (StorageCorruptError, FormatError) as e:
             raise StartupCheckError(f"storage is damaged: {e}") from e
 
-    def _check_stored(self, note: bytes) -> tuple[CompactRange, int]:
+    def _check_stored(self, note: bytes) -> tuple[CompactRange, int, IndexTail]:
         with self.storage.read() as snap:
             fmt = snap.meta(META_FORMAT)
             if fmt != FORMAT_VERSION:
@@ -180,6 +189,18 @@ class Log:
             if stored != cp.size:
                 raise StartupCheckError(
                     f"storage holds {stored} leaves but the signed checkpoint is for {cp.size}"
+                )
+            try:
+                size, upto = snap.size(), snap.indexed_upto()
+            except StorageCorruptError as e:
+                raise StartupCheckError(str(e)) from e
+            if size != cp.size:
+                raise StartupCheckError(
+                    f"meta[size] is {size} but the signed checkpoint is for {cp.size}"
+                )
+            if upto > cp.size:
+                raise StartupCheckError(
+                    f"meta[indexed_upto] is {upto}, beyond the signed checkpoint's {cp.size} leaves"
                 )
             tree = CompactRange(cp.size, snap.read_hashes(subtree_nodes(0, cp.size)))
             if tree.root() != cp.root_hash:
@@ -209,8 +230,15 @@ class Log:
                     last_ms = Leaf.parse(leaf).accepted_at_ms
                 except FormatError as e:
                     raise StartupCheckError(f"entries[{last}]: {e}") from e
+            tail = IndexTail(upto)
+            segment = tail.active
+            try:
+                for index, hashed, digest in snap.iter_pending_index(upto, cp.size):
+                    segment.add(index, hashed, digest)
+            except StorageCorruptError as e:
+                raise StartupCheckError(f"rebuilding the index tail: {e}") from e
         self._checkpoint = note
-        return tree, last_ms
+        return tree, last_ms, tail
 
     def _set_checkpoint(self, note: bytes) -> None:
         with self._checkpoint_lock:
@@ -246,13 +274,9 @@ class Log:
         with self._checkpoint_lock:
             return self._checkpoint
 
-    def _size(self, snap: ReadSnapshot) -> int:
-        note = snap.checkpoint()
-        assert note is not None
-        return int(note.split(b"\n", 2)[1])
-
-    def _need_size(self, snap: ReadSnapshot, field: str, tree_size: int) -> None:
-        size = self._size(snap)
+    @staticmethod
+    def _need_size(snap: ReadSnapshot, field: str, tree_size: int) -> None:
+        size = snap.size()
         if tree_size > size:
             raise OutOfRangeError(f"{field}: {tree_size}, but the log's size is {size}")
 
@@ -267,7 +291,7 @@ class Log:
         with self.storage.read() as snap:
             note = snap.checkpoint()
             assert note is not None
-            size = self._size(snap)
+            size = snap.size()
             what = "the log's size"
             if witnessed:
                 stored = decode_cosignatures(snap.cosignatures())
@@ -297,50 +321,32 @@ class Log:
             return build_inclusion_proof(snap, index, tree_size)
 
     def inclusion_proof_by_hash(self, leaf_hash: bytes, tree_size: int) -> tuple[int, list[bytes]]:
-        """The smallest index below ``tree_size`` with this leaf hash, and its inclusion proof."""
-        with self.storage.read() as snap:
-            self._need_size(snap, "GetInclusionProofByHashRequest.tree_size", tree_size)
-            index = snap.find_leaf_hash(leaf_hash, tree_size)
-            if index is None:
-                raise NotFoundError(
-                    f"no leaf with hash {leaf_hash.hex()} in the tree of size {tree_size}"
-                )
-            return index, build_inclusion_proof(snap, index, tree_size)
+        """The smallest index below ``tree_size`` with this leaf hash, and its inclusion proof.
+
+        Leaves not indexed yet are in the sequencer's index tail, whose view is
+        taken after the snapshot opens (see :mod:`sealog.server.index_tail`).
+        """
+        for _attempt in range(100):
+            with self.storage.read() as snap:
+                self._need_size(snap, "GetInclusionProofByHashRequest.tree_size", tree_size)
+                try:
+                    index = find_leaf_hash(
+                        snap, self._sequencer.index_tail.view, leaf_hash, tree_size
+                    )
+                except StaleSnapshotError:
+                    continue  # a flush ended since the snapshot opened: take a newer one
+                if index is None:
+                    raise NotFoundError(
+                        f"no leaf with hash {leaf_hash.hex()} in the tree of size {tree_size}"
+                    )
+                return index, build_inclusion_proof(snap, index, tree_size)
+        raise UnavailableError("the leaf-hash index kept changing; retry", 0.1)
 
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
         """The consistency proof from ``size1`` to ``size2``."""
         with self.storage.read() as snap:
             self._need_size(snap, "GetConsistencyProofRequest.second_tree_size", size2)
             return build_consistency_proof(snap, size1, size2)
-
-    def find_by_identity(
-        self,
-        identity: str,
-        since_ms: int,
-        until_ms: int,
-        after_index: int,
-        tree_size: int,
-        limit: int,
-    ) -> list[tuple[int, bytes]]:
-        """``identity``'s leaves accepted in [since_ms, until_ms] with
-        ``after_index < index < tree_size``, oldest first, at most ``limit``:
-        (index, leaf) pairs, read from the identity/time index in one snapshot."""
-        out: list[tuple[int, bytes]] = []
-        with self.storage.read() as snap:
-            self._need_size(snap, "SearchEntriesRequest.tree_size", tree_size)
-            start = after_index + 1
-            while len(out) < limit:
-                # Ask for a few more than needed: an 8-byte prefix may be shared.
-                want = limit - len(out) + 8
-                found = snap.find_by_identity(identity, since_ms, until_ms, start, tree_size, want)
-                for index in found:
-                    leaf = snap.leaf(index)
-                    if Leaf.parse(leaf).identity == identity and len(out) < limit:
-                        out.append((index, leaf))
-                if len(found) < want:
-                    break
-                start = found[-1] + 1
-        return out
 
     def entry_and_proof(self, index: int, tree_size: int) -> tuple[bytes, list[bytes]]:
         """Leaf ``index`` and its inclusion proof in the tree of ``tree_size``."""
@@ -365,6 +371,52 @@ class Log:
                 leaves = tuple(snap.leaves(page_start, page_end))
                 frontier, consistency = build_range_proof(snap, page_start, page_end, tree_size)
             yield EntriesPage(page_start, leaves, tuple(frontier), tuple(consistency))
+
+    def find_by_identity(
+        self,
+        identity: str,
+        since_ms: int,
+        until_ms: int,
+        after_index: int,
+        tree_size: int,
+        limit: int,
+    ) -> list[tuple[int, bytes]]:
+        """The leaves ``identity`` appended, accepted in ``[since_ms, until_ms]``, oldest first.
+
+        Only leaves with ``after_index < index < tree_size`` count (``after_index``
+        -1 starts at the beginning); at most ``limit`` ``(index, leaf)`` pairs.
+        The index by identity only names candidates: each leaf's identity and
+        time are read from the leaf itself. Because acceptance times never go
+        backwards along the log, a page can start at the time of the leaf
+        ``after_index`` instead of scanning from ``since_ms``.
+        """
+        out: list[tuple[int, bytes]] = []
+        with self.storage.read() as snap:
+            self._need_size(snap, "SearchEntriesRequest.tree_size", tree_size)
+            if limit <= 0 or since_ms > until_ms or after_index + 1 >= tree_size:
+                return out
+            start_ms, start_index = since_ms, 0
+            if after_index >= 0:
+                after_ms = _parse(snap, after_index).accepted_at_ms
+                if after_ms >= since_ms:
+                    start_ms, start_index = after_ms, after_index + 1
+            for ms, index in snap.iter_by_identity(
+                identity_prefix(identity), start_ms, start_index
+            ):
+                if ms > until_ms or index >= tree_size:
+                    break  # later records are later in time and in the log
+                if index <= after_index:
+                    continue
+                leaf = snap.leaf(index)
+                parsed = _parse(snap, index, leaf)
+                if parsed.identity != identity:
+                    continue  # another identity with the same prefix
+                if not since_ms <= parsed.accepted_at_ms <= until_ms:
+                    continue  # a record that does not match its leaf (fsck says so)
+                out.append((index, leaf))
+                if len(out) >= limit:
+                    break
+        return out
 
     # --- witness cosignatures -----------------------------------------------
     def add_cosignature(self, note: bytes) -> bytes:
@@ -432,3 +484,11 @@ class Log:
             except StorageUnavailableError as e:
                 raise UnavailableError(str(e), 5.0) from e
         raise UnavailableError("storage kept growing; retry", 1.0)
+
+
+def _parse(snap: ReadSnapshot, index: int, leaf: bytes | None = None) -> Leaf:
+    """Leaf ``index``, parsed; a leaf that does not parse is storage corruption."""
+    try:
+        return Leaf.parse(snap.leaf(index) if leaf is None else leaf)
+    except FormatError as e:
+        raise StorageCorruptError(f"entries[{index}]: {e}") from e

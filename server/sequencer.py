@@ -1,11 +1,22 @@
-"""The sequencer: the log's only writer, with group commit.
+"""The sequencer: the log's only writer, with group commit and deferred indexing.
 
 Append requests queue up. One thread takes everything queued (up to a batch
 size), and in one LMDB write transaction stores each new leaf with the node
-hashes it completes, its leaf-hash and idempotency index entries, and a newly
-signed checkpoint of the resulting tree; it commits durably and only then
-answers every request of the batch. A crash before the commit loses nothing
-that was acknowledged; a crash after it loses nothing at all.
+hashes it completes and its idempotency key digest, its record in the index
+by identity, and a newly signed checkpoint of the resulting tree; it commits
+durably and only then answers every request of the batch. A crash before the
+commit loses nothing that was acknowledged; a crash after it loses nothing at
+all. Everything the batch writes is appended at the end of its table (or of
+one identity's records), so its cost does not grow with the tree.
+
+The leaf-hash and idempotency indexes, keyed by hashes and so written at
+random places, are written by the same thread later, in large sorted
+batches: the leaves not indexed yet are held in memory
+(:class:`~sealog.server.index_tail.IndexTail`) and every lookup checks both.
+A flush runs when enough leaves wait or appends pause, in several write
+transactions, one per range of index keys, between which batches of appends
+are still committed; its last transaction records ``indexed_upto``. After a
+crash the log rebuilds the tail from the hash records (docs/storage.md).
 """
 
 from __future__ import annotations
@@ -13,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -26,12 +38,14 @@ from sealog.client.leaf import Leaf
 from sealog.client.note import NoteSigner
 from sealog.server.config import Settings
 from sealog.server.errors import ResourceExhaustedError, UnavailableError
+from sealog.server.index_tail import IndexTail, TailSegment
 from sealog.server.proofs import build_consistency_proof, build_inclusion_proof
 from sealog.server.storage import (
     RetryBatchError,
     Storage,
     StorageUnavailableError,
     WriteBatch,
+    identity_prefix,
 )
 
 __all__ = ["AppendItem", "AppendOutcome", "AppendedLeaf", "Sequencer", "idempotency_digest"]
@@ -41,8 +55,15 @@ log = logging.getLogger(__name__)
 
 def idempotency_digest(identity: str, key: str) -> bytes:
     """The 16-byte index key of an idempotency key; keys are scoped to the identity."""
-    data = b"sealog idempotency v1\x00" + identity.encode() + b"\x00" + key.encode()
-    return hashlib.sha256(data).digest()[:16]
+    return _digest(_digest_base(identity), key)
+
+
+def _digest_base(identity: str) -> bytes:
+    return b"sealog idempotency v1\x00" + identity.encode() + b"\x00"
+
+
+def _digest(base: bytes, key: str) -> bytes:
+    return hashlib.sha256(base + key.encode()).digest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +113,48 @@ class _Request:
 _STOP = object()
 
 
+def _system_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+_PAYLOAD_LENGTH = struct.Struct(">I")
+
+
+@dataclass
+class _Flush:
+    """An index flush in progress: the frozen leaves, split by key range, and how far it got."""
+
+    segment: TailSegment
+    end: int
+    """One past the last leaf it indexes: ``indexed_upto`` once it is done."""
+    leaf_hashes: list[list[tuple[bytes, int]]]
+    """``(leaf hash, index)`` pairs, one list per transaction: each a range of hash values."""
+    digests: list[list[tuple[bytes, int]]]
+    done: int = 0
+    retry_at: float = 0.0
+
+
+def _split(pairs: Iterable[tuple[bytes, int]], parts: int) -> list[list[tuple[bytes, int]]]:
+    """``pairs`` in ``parts`` lists by ranges of their first two bytes (hashes are uniform)."""
+    out: list[list[tuple[bytes, int]]] = [[] for _ in range(parts)]
+    for pair in pairs:
+        h = pair[0]
+        out[((h[0] << 8) | h[1]) * parts >> 16].append(pair)
+    return out
+
+
+_FLUSH_RETRY_S = 1.0
+"""How long a failed index flush waits before it tries again."""
+_MIN_CHUNKS = 16
+_MIN_CHUNK_LEAVES = 500
+"""A flush of at least 16 x 500 leaves takes at least 16 transactions: each rewrites at
+most 1/16 of the index pages, so the pages the last ones free (which LMDB cannot reuse
+at once) stay few."""
+_IDLE_CHUNK_GAP_S = 0.05
+"""With no append waiting, the next part of a flush waits this long: readers that still
+hold older snapshots finish, and the pages the last part freed can be reused."""
+
+
 class Sequencer:
     """Owns the in-memory frontier of the tree and is the only code that writes storage."""
 
@@ -103,18 +166,24 @@ class Sequencer:
         tree: CompactRange,
         settings: Settings,
         *,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        clock_ms: Callable[[], int] | None = None,
         last_ms: int = 0,
         on_checkpoint: Callable[[bytes], None] = lambda note: None,
+        tail: IndexTail | None = None,
     ) -> None:
+        """``tail`` holds the leaves the hash-keyed indexes do not (default: none)."""
         self._storage = storage
         self._signers = tuple(signers)
         self._origin = origin
         self._tree = tree
         self._settings = settings
-        self._clock_ms = clock_ms
+        self._clock_ms = clock_ms or _system_ms
         self._last_ms = last_ms
         self._on_checkpoint = on_checkpoint
+        self.index_tail = tail if tail is not None else IndexTail(tree.size)
+        """The leaves not indexed yet; readers take its ``view`` (:mod:`.index_tail`)."""
+        self._flush: _Flush | None = None
+        self._last_append = time.monotonic()
         self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
         self._queued_entries = 0
         self._lock = threading.Lock()
@@ -162,44 +231,169 @@ class Sequencer:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            if self._backlogged():
+                # Back-pressure: too many leaves wait for the indexes; appends queue up
+                # (and are refused once the queue is full) until the flush is done.
+                self._index_step(idle=False)
+                if self._flush is not None and self._flush.retry_at > time.monotonic():
+                    time.sleep(min(0.1, self._flush.retry_at - time.monotonic()))
+                continue
+            first = self._next(self._wait_s())
             if first is _STOP:
                 break
-            assert isinstance(first, _Request)
-            batch = [first]
-            count = len(first.items)
-            deadline = time.monotonic() + self._settings.batch_max_wait_ms / 1000
-            while count < self._settings.batch_max_entries:
+            if first is not None:
+                assert isinstance(first, _Request)
+                stopping = self._take_batch(first)
+            self._index_step(idle=first is None)
+        self._flush_everything()
+
+    def _backlogged(self) -> bool:
+        return (
+            self._flush is not None
+            and self._unindexed() >= self._settings.max_unindexed_entries
+            and self._accepting
+        )
+
+    def _next(self, wait_s: float | None) -> _Request | object | None:
+        """The next queued item, waiting up to ``wait_s`` (None: for ever); None if none."""
+        try:
+            if wait_s is None:
+                return self._queue.get()
+            return self._queue.get(timeout=wait_s) if wait_s > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _wait_s(self) -> float | None:
+        """How long to wait for appends before there is index work to do."""
+        if self._flush is not None:
+            return max(0.0, self._flush.retry_at - time.monotonic())
+        if self._unindexed() == 0:
+            return None
+        return max(0.0, self._last_append + self._settings.index_flush_idle_s - time.monotonic())
+
+    def _take_batch(self, first: _Request) -> bool:
+        """Commit ``first`` and whatever else is queued (up to a batch); True on _STOP."""
+        stopping = False
+        batch = [first]
+        count = len(first.items)
+        deadline = time.monotonic() + self._settings.batch_max_wait_ms / 1000
+        while count < self._settings.batch_max_entries:
+            item = self._next(deadline - time.monotonic())
+            if item is None:
+                break
+            if item is _STOP:
+                stopping = True
+                break
+            assert isinstance(item, _Request)
+            batch.append(item)
+            count += len(item.items)
+        with self._lock:
+            self._queued_entries -= count
+        self._commit(batch)
+        self._last_append = time.monotonic()
+        return stopping
+
+    def _unindexed(self) -> int:
+        return self._tree.size - self.index_tail.low
+
+    # --- deferred indexing ---------------------------------------------
+    def _index_step(self, idle: bool) -> None:
+        """Start an index flush when it is due, or write the next part of the running one."""
+        if self._flush is None:
+            waiting = self._unindexed()
+            settings = self._settings
+            if not waiting or (
+                waiting < settings.index_flush_entries
+                and not (
+                    idle and time.monotonic() - self._last_append >= settings.index_flush_idle_s
+                )
+            ):
+                return
+            self._start_flush()
+        assert self._flush is not None
+        if self._flush.retry_at <= time.monotonic():
+            self._flush_chunk(self._flush)
+
+    def _start_flush(self) -> None:
+        end = self._tree.size
+        segment = self.index_tail.freeze(end)
+        waiting = end - segment.start
+        chunks = max(
+            -(-waiting // self._settings.index_flush_chunk_entries),
+            min(_MIN_CHUNKS, -(-waiting // _MIN_CHUNK_LEAVES)),
+            1,
+        )
+        chunks = min(chunks, 1 << 16)
+        self._flush = _Flush(
+            segment,
+            end,
+            _split(segment.leaf_hash_pairs(), chunks),
+            _split(segment.by_digest.items(), chunks),
+        )
+
+    def _flush_chunk(self, flush: _Flush) -> bool:
+        """Write the next transaction of ``flush``; False if it failed (it is retried later)."""
+        leaf_hashes, digests = flush.leaf_hashes[flush.done], flush.digests[flush.done]
+        last = flush.done + 1 == len(flush.leaf_hashes)
+        try:
+            while True:
                 try:
-                    wait = deadline - time.monotonic()
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
+                    with self._storage.write() as w:
+                        w.index_leaves(leaf_hashes, digests)
+                        if last:
+                            w.set_indexed_upto(flush.end)
                     break
-                if item is _STOP:
-                    stopping = True
-                    break
-                assert isinstance(item, _Request)
-                batch.append(item)
-                count += len(item.items)
-            with self._lock:
-                self._queued_entries -= count
-            self._commit(batch)
+                except RetryBatchError:
+                    continue
+        except Exception as e:  # the leaves stay in the tail; nothing is lost
+            flush.retry_at = time.monotonic() + _FLUSH_RETRY_S
+            log.warning(
+                "index flush of leaves [%d, %d) failed (retrying in %g s): %s",
+                flush.segment.start,
+                flush.end,
+                _FLUSH_RETRY_S,
+                e,
+            )
+            return False
+        flush.done += 1
+        if last:
+            self.index_tail.flushed()
+            self._flush = None
+        elif self._queue.empty():
+            flush.retry_at = time.monotonic() + _IDLE_CHUNK_GAP_S
+        return True
+
+    def _flush_everything(self) -> None:
+        """At stop: index every committed leaf, so the next start has no tail to rebuild."""
+        for _ in range(2):  # the running flush, then the leaves appended since
+            if self._flush is None:
+                if not self._unindexed():
+                    return
+                self._start_flush()
+            while self._flush is not None:
+                if not self._flush_chunk(self._flush):
+                    log.warning(
+                        "leaves from %d stay unindexed; the next start reads them again",
+                        self.index_tail.low,
+                    )
+                    return
 
     def _commit(self, batch: list[_Request]) -> None:
         saved_tree, saved_ms = self._tree.copy(), self._last_ms
+        added: list[tuple[int, bytes, bytes | None]] = []
         while True:
             try:
-                note = self._write(batch)
+                note = self._write(batch, added)
                 break
             except RetryBatchError:
-                self._restore(batch, saved_tree, saved_ms)
+                self._restore(batch, saved_tree, saved_ms, added)
             except StorageUnavailableError as e:
-                self._restore(batch, saved_tree, saved_ms)
+                self._restore(batch, saved_tree, saved_ms, added)
                 log.error("append batch of %d requests not stored: %s", len(batch), e)
                 self._fail(batch, UnavailableError(str(e), 5.0))
                 return
             except Exception as e:
-                self._restore(batch, saved_tree, saved_ms)
+                self._restore(batch, saved_tree, saved_ms, added)
                 log.exception("append batch of %d requests failed", len(batch))
                 self._fail(batch, e)
                 return
@@ -235,9 +429,19 @@ class Sequencer:
         for r, outcome in zip(batch, outcomes, strict=True):
             r.future.set_result(outcome)
 
-    def _restore(self, batch: list[_Request], tree: CompactRange, last_ms: int) -> None:
+    def _restore(
+        self,
+        batch: list[_Request],
+        tree: CompactRange,
+        last_ms: int,
+        added: list[tuple[int, bytes, bytes | None]],
+    ) -> None:
         self._tree = tree.copy()
         self._last_ms = last_ms
+        segment = self.index_tail.active
+        for index, leaf_hash_, digest in reversed(added):
+            segment.discard(index, leaf_hash_, digest)
+        added.clear()
         for r in batch:
             r.entries.clear()
             r.start = r.end = -1
@@ -248,35 +452,60 @@ class Sequencer:
         for r in batch:
             r.future.set_exception(error)
 
-    def _write(self, batch: list[_Request]) -> bytes:
+    def _write(self, batch: list[_Request], added: list[tuple[int, bytes, bytes | None]]) -> bytes:
         tree = self._tree
         now = max(self._last_ms, self._clock_ms())
         with self._storage.write() as w:
             for r in batch:
-                self._write_request(w, r, tree, now)
+                self._write_request(w, r, tree, now, added)
             checkpoint = Checkpoint(self._origin, tree.size, tree.root())
             note = sign_checkpoint(checkpoint, *self._signers)
-            w.set_checkpoint(note)
+            w.set_checkpoint(note, tree.size)
         self._last_ms = now
         return note
 
-    @staticmethod
-    def _write_request(w: WriteBatch, r: _Request, tree: CompactRange, now: int) -> None:
+    def _write_request(
+        self,
+        w: WriteBatch,
+        r: _Request,
+        tree: CompactRange,
+        now: int,
+        added: list[tuple[int, bytes, bytes | None]],
+    ) -> None:
         r.start = tree.size
         r.frontier = tree.hashes
+        tail = self.index_tail
+        # Each leaf goes into the tail before its batch commits: a reader whose
+        # snapshot holds the leaf then always finds it (sealog.server.index_tail).
+        segment = tail.active
+        segments = tail.view[1]
+        prefix = identity_prefix(r.identity)
+        base = _digest_base(r.identity)
+        # The leaf header (version, time, identity) is the same for the whole request;
+        # each leaf is that, then the payload's length and the payload (docs/leaf-format.md).
+        head = Leaf(now, r.identity, b"").to_bytes()[: -_PAYLOAD_LENGTH.size]
+        entries = r.entries
         for item in r.items:
             digest = None
             if item.idempotency_key:
-                digest = idempotency_digest(r.identity, item.idempotency_key)
-                existing = w.find_idempotency(digest)
+                digest = _digest(base, item.idempotency_key)
+                existing = None
+                for seg in segments:
+                    existing = seg.by_digest.get(digest)
+                    if existing is not None:
+                        break
+                else:
+                    existing = w.find_idempotency(digest)
                 if existing is not None:
-                    r.entries.append(AppendedLeaf(existing, w.leaf(existing), True))
+                    entries.append(AppendedLeaf(existing, w.leaf(existing), True))
                     continue
             index = tree.size
-            leaf = Leaf(now, r.identity, item.payload).to_bytes()
-            w.append_leaf(index, leaf, tree.append(leaf_hash(leaf)))
-            w.put_identity(r.identity, now, index)
-            if digest is not None:
-                w.put_idempotency(digest, index)
-            r.entries.append(AppendedLeaf(index, leaf, False))
+            payload = item.payload
+            leaf = head + _PAYLOAD_LENGTH.pack(len(payload)) + payload
+            hashed = leaf_hash(leaf)
+            w.append_leaf(index, leaf, tree.append(hashed), digest)
+            w.index_identity(prefix, now, index)
+            segment.add(index, hashed, digest)
+            added.append((index, hashed, digest))
+            entries.append(AppendedLeaf(index, leaf, False))
         r.end = tree.size

@@ -3,12 +3,21 @@
 The tree is stored as the hashes of its perfect subtrees. When leaf ``i`` is
 appended it completes the node at level 0 (its own leaf hash) and one node at
 each level ``L`` for which the low ``L`` bits of ``i`` are all ones; those
-hashes are stored together under leaf ``i``. The node at ``(level, index)``
-therefore lives in the record of leaf ``((index + 1) << level) - 1`` at
-offset ``level * 32`` (see :func:`hash_location`).
+hashes are stored together under leaf ``i``, followed by the 16-byte digest of
+the entry's idempotency key when it has one (:func:`hash_count` says how many
+hashes a record holds, so the two are never confused). The node at
+``(level, index)`` therefore lives in the record of leaf
+``((index + 1) << level) - 1`` at offset ``level * 32`` (see
+:func:`hash_location`).
 
-The signed checkpoint is written in the same batch as the leaves it covers,
-so a snapshot's checkpoint always describes exactly the tree it holds.
+The signed checkpoint and the size of its tree are written in the same batch
+as the leaves they cover, so a snapshot's checkpoint always describes exactly
+the tree it holds.
+
+The leaf-hash and idempotency indexes are derived data: the sequencer writes
+them in large batches of their own (docs/storage.md, "Deferred indexing"), and
+``indexed_upto`` says which leaves they cover; the index by identity and time
+is written with the entries.
 """
 
 from __future__ import annotations
@@ -22,16 +31,20 @@ from sealog.client.errors import SealogError
 from sealog.client.proof import NodeID
 
 __all__ = [
+    "DIGEST_BYTES",
     "FORMAT_VERSION",
     "META_COSIGNATURES",
     "META_FORMAT",
+    "META_INDEXED_UPTO",
     "META_ORIGIN",
+    "META_SIZE",
     "ReadSnapshot",
     "RetryBatchError",
     "Storage",
     "StorageCorruptError",
     "StorageUnavailableError",
     "WriteBatch",
+    "hash_count",
     "hash_location",
     "identity_prefix",
 ]
@@ -43,8 +56,15 @@ META_FORMAT = b"format"
 """Metadata key: the storage format version."""
 META_COSIGNATURES = b"cosignatures"
 """Metadata key: the latest cosignature of each witness (:mod:`sealog.server.cosignatures`)."""
-FORMAT_VERSION = b"sealog-lmdb-1"
+META_SIZE = b"size"
+"""Metadata key: the size of the stored checkpoint's tree (8 bytes, big-endian)."""
+META_INDEXED_UPTO = b"indexed_upto"
+"""Metadata key: the leaf-hash and idempotency indexes hold every leaf below this (8 bytes)."""
+FORMAT_VERSION = b"sealog-lmdb-2"
 """The storage format this code reads and writes."""
+DIGEST_BYTES = 16
+"""Length of an idempotency key digest (:func:`sealog.server.sequencer.idempotency_digest`)."""
+IDENTITY_PREFIX_BYTES = 8
 
 
 class StorageUnavailableError(SealogError):
@@ -59,14 +79,19 @@ class RetryBatchError(SealogError):
     """The write batch was not stored for a passing reason (the map grew): run it again."""
 
 
-def identity_prefix(identity: str) -> bytes:
-    """The 8 bytes under which the identity/time index files an identity's leaves."""
-    return hashlib.sha256(identity.encode("utf-8")).digest()[:8]
-
-
 def hash_location(node: NodeID) -> tuple[int, int]:
     """Return ``(leaf index of the record, byte offset in it)`` that hold ``node``'s hash."""
     return ((node.index + 1) << node.level) - 1, node.level * 32
+
+
+def hash_count(index: int) -> int:
+    """How many node hashes the record of leaf ``index`` holds: 1 + its trailing one bits."""
+    return ((index ^ (index + 1)).bit_length() - 1) + 1
+
+
+def identity_prefix(identity: str) -> bytes:
+    """The key of an identity in the index by identity: the first 8 bytes of its SHA-256."""
+    return hashlib.sha256(identity.encode("utf-8")).digest()[:IDENTITY_PREFIX_BYTES]
 
 
 class ReadSnapshot(Protocol):
@@ -76,8 +101,24 @@ class ReadSnapshot(Protocol):
         """The latest signed checkpoint note, or None for a log never written."""
         ...
 
+    def size(self) -> int:
+        """The size of the tree of :meth:`checkpoint` (0 for a log never written)."""
+        ...
+
+    def indexed_upto(self) -> int:
+        """The leaf-hash and idempotency indexes hold every leaf below this index."""
+        ...
+
     def read_hashes(self, nodes: Sequence[NodeID]) -> list[bytes]:
         """The stored hashes of perfect subtrees; :class:`StorageCorruptError` if one is missing."""
+        ...
+
+    def read_node_hashes(self, nodes: Sequence[tuple[int, int]]) -> list[bytes]:
+        """:meth:`read_hashes` for ``(level, index)`` pairs: the fast path of proofs."""
+        ...
+
+    def key_digest(self, index: int) -> bytes | None:
+        """The idempotency key digest stored with leaf ``index``, None if it had no key."""
         ...
 
     def leaf(self, index: int) -> bytes:
@@ -89,19 +130,28 @@ class ReadSnapshot(Protocol):
         ...
 
     def find_leaf_hash(self, leaf_hash: bytes, below: int) -> int | None:
-        """The smallest index ``< below`` whose leaf hash is ``leaf_hash``, if any."""
-        ...
+        """The smallest indexed leaf ``< below`` whose leaf hash is ``leaf_hash``, if any.
 
-    def find_by_identity(
-        self, identity: str, since_ms: int, until_ms: int, start_index: int, below: int, limit: int
-    ) -> list[int]:
-        """Indices of leaves recorded for ``identity`` with ``since_ms <= accepted_at_ms <=
-        until_ms`` and ``start_index <= index < below``, in index order, at most ``limit``.
-        Candidates only: the identity is indexed by an 8-byte hash prefix."""
+        Only the leaf-hash index is searched: leaves from :meth:`indexed_upto` on
+        may not be in it yet (the log keeps those in memory).
+        """
         ...
 
     def find_idempotency(self, key_digest: bytes) -> int | None:
-        """The index recorded for an idempotency key digest, if any."""
+        """The indexed leaf stored with this idempotency key digest, if any (see
+        :meth:`find_leaf_hash` about leaves not indexed yet)."""
+        ...
+
+    def iter_pending_index(self, start: int, end: int) -> Iterator[tuple[int, bytes, bytes | None]]:
+        """``(index, leaf hash, key digest or None)`` of leaves ``[start, end)``, in order,
+        read from the hash records: what the indexes must hold for them."""
+        ...
+
+    def iter_by_identity(
+        self, prefix: bytes, start_ms: int, start_index: int
+    ) -> Iterator[tuple[int, int]]:
+        """``(accepted_at_ms, index)`` of the index by identity under ``prefix``, in order,
+        from ``(start_ms, start_index)`` on. Candidates only: the prefix may collide."""
         ...
 
     def meta(self, key: bytes) -> bytes | None:
@@ -117,19 +167,19 @@ class ReadSnapshot(Protocol):
         ...
 
     def iter_hash_records(self) -> Iterator[tuple[int, bytes]]:
-        """Every stored (leaf index, concatenated node hashes) record in order (for fsck)."""
+        """Every stored (leaf index, record) of the ``hashes`` table in order (for fsck)."""
         ...
 
     def iter_leaf_index(self) -> Iterator[tuple[bytes, int]]:
         """Every (leaf hash prefix, index) record of the leaf-hash index (for fsck)."""
         ...
 
-    def iter_identity_index(self) -> Iterator[tuple[bytes, int, int]]:
-        """Every (identity prefix, accepted_at_ms, index) record (for fsck)."""
+    def iter_idempotency(self) -> Iterator[tuple[bytes, int]]:
+        """Every (key digest prefix, index) record of the idempotency index (for fsck)."""
         ...
 
-    def iter_idempotency(self) -> Iterator[tuple[bytes, int]]:
-        """Every (key digest, index) record of the idempotency index (for fsck)."""
+    def iter_identity_index(self) -> Iterator[tuple[bytes, int, int]]:
+        """Every (identity prefix, accepted_at_ms, index) record of the index by identity."""
         ...
 
     def cosignatures(self) -> bytes | None:
@@ -140,20 +190,41 @@ class ReadSnapshot(Protocol):
 class WriteBatch(ReadSnapshot, Protocol):
     """A write transaction: its reads see its own writes; it commits all or nothing."""
 
-    def append_leaf(self, index: int, leaf: bytes, node_hashes: Sequence[bytes]) -> None:
-        """Store leaf ``index`` (which must be the next one) and the hashes it completes."""
+    def append_leaf(
+        self,
+        index: int,
+        leaf: bytes,
+        node_hashes: Sequence[bytes],
+        key_digest: bytes | None = None,
+    ) -> None:
+        """Store leaf ``index`` (which must be the next one), the hashes it completes and
+        the digest of its idempotency key. The leaf-hash and idempotency indexes are
+        not written here: see :meth:`index_leaves`."""
         ...
 
-    def put_identity(self, identity: str, accepted_at_ms: int, index: int) -> None:
-        """Record leaf ``index`` in the identity/time index."""
+    def index_identity(self, prefix: bytes, accepted_at_ms: int, index: int) -> None:
+        """Record leaf ``index`` in the index by identity (:func:`identity_prefix`)."""
+        ...
+
+    def index_leaves(
+        self, leaf_hashes: Sequence[tuple[bytes, int]], digests: Sequence[tuple[bytes, int]]
+    ) -> None:
+        """Add ``(leaf hash, index)`` and ``(key digest, index)`` pairs to the two indexes.
+
+        Adding a pair that is already there changes nothing.
+        """
         ...
 
     def put_idempotency(self, key_digest: bytes, index: int) -> None:
-        """Record that an idempotency key digest maps to leaf ``index``."""
+        """Add one ``(key digest, index)`` pair to the idempotency index."""
         ...
 
-    def set_checkpoint(self, note: bytes) -> None:
-        """Store the signed checkpoint for the tree this batch leaves behind."""
+    def set_indexed_upto(self, index: int) -> None:
+        """Say that the two indexes now hold every leaf below ``index``."""
+        ...
+
+    def set_checkpoint(self, note: bytes, size: int) -> None:
+        """Store the signed checkpoint for the tree this batch leaves behind, and its size."""
         ...
 
     def set_meta(self, key: bytes, value: bytes) -> None:

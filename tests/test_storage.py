@@ -31,11 +31,17 @@ def open_storage(
         s.close()
 
 
-def _append(storage: Storage, tree: CompactRange, leaves: list[bytes]) -> None:
+def _append(
+    storage: Storage,
+    tree: CompactRange,
+    leaves: list[bytes],
+    digests: dict[bytes, bytes] | None = None,
+) -> None:
+    """Append ``leaves``; ``digests`` gives some of them an idempotency key digest."""
     with storage.write() as w:
         for leaf in leaves:
             index = tree.size
-            w.append_leaf(index, leaf, tree.append(leaf_hash(leaf)))
+            w.append_leaf(index, leaf, tree.append(leaf_hash(leaf)), (digests or {}).get(leaf))
 
 
 def test_stored_hashes_are_the_perfect_subtrees(open_storage: Callable[..., Storage]) -> None:
@@ -68,6 +74,7 @@ def test_leaf_hash_index_tells_colliding_prefixes_apart(
     with storage.write() as w:
         w.append_leaf(0, b"zero", [h0])
         w.append_leaf(1, b"one", [h1, hashlib.sha256(b"x").digest()])
+        w.index_leaves([(h1, 1), (h0, 0)], [])
     with storage.read() as snap:
         assert snap.find_leaf_hash(h0, below=2) == 0
         assert snap.find_leaf_hash(h1, below=2) == 1
@@ -82,7 +89,7 @@ def test_a_failed_batch_stores_nothing(open_storage: Callable[..., Storage]) -> 
     with pytest.raises(RuntimeError), storage.write() as w:
         w.append_leaf(1, b"b", [leaf_hash(b"b")])
         w.put_idempotency(b"k" * 16, 1)
-        w.set_checkpoint(b"never")
+        w.set_checkpoint(b"never", 2)
         raise RuntimeError("crash mid-batch")
     with storage.read() as snap:
         assert snap.stored_size() == 1
@@ -104,9 +111,9 @@ def test_readers_see_a_snapshot(open_storage: Callable[..., Storage]) -> None:
 def test_state_survives_reopening(tmp_path: Path) -> None:
     storage = LmdbStorage(tmp_path / "db")
     tree = CompactRange()
-    _append(storage, tree, [b"a", b"b", b"c"])
+    _append(storage, tree, [b"a", b"b", b"c"], {b"c": b"k" * 16})
     with storage.write() as w:
-        w.set_checkpoint(b"note")
+        w.set_checkpoint(b"note", 3)
         w.put_idempotency(b"k" * 16, 2)
     storage.close()
     storage = LmdbStorage(tmp_path / "db")

@@ -295,8 +295,8 @@ CASES: dict[str, Case] = {
     ),
     "format": Case(
         flip(b"meta", b"format", 3),
-        ("meta[format]: b'seamog-lmdb-1', want b'sealog-lmdb-1'",),
-        serve="storage format b'seamog-lmdb-1', want b'sealog-lmdb-1'",
+        ("meta[format]: b'seamog-lmdb-2', want b'sealog-lmdb-2'",),
+        serve="storage format b'seamog-lmdb-2', want b'sealog-lmdb-2'",
         problems=1,
     ),
     "trailing-entry-deleted": Case(
@@ -323,7 +323,8 @@ CASES: dict[str, Case] = {
         problems=1,
     ),
     "leaf-index-beyond-the-log": Case(
-        put(b"leaf_index", b"\xab" * 8, _U64.pack(50)),
+        # key: 2 bytes of the leaf hash; value: its next 6 bytes, then the index
+        put(b"leaf_index", b"\xab" * 2, b"\xab" * 6 + _U64.pack(50)),
         ("leaf_index[abababababababab]: points to 50, beyond the stored leaves",),
         problems=1,
     ),
@@ -331,8 +332,9 @@ CASES: dict[str, Case] = {
         delete_first_leaf_index_record, ("leaf_index: no record for 1 leaves",), problems=1
     ),
     "idempotency-beyond-the-log": Case(
-        put(b"idempotency", b"\xcd" * 16, _U64.pack(50)),
-        ("idempotency[cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd]: points to 50, beyond the stored leaves",),
+        # key: 2 bytes of the key digest; value: its next 6 bytes, then the index
+        put(b"idempotency", b"\xcd" * 2, b"\xcd" * 6 + _U64.pack(50)),
+        ("idempotency[cdcdcdcdcdcdcdcd]: points to 50, beyond the stored leaves",),
         problems=1,
     ),
 }
