@@ -267,8 +267,11 @@ class Sequencer:
         """How long to wait for appends before there is index work to do."""
         if self._flush is not None:
             return max(0.0, self._flush.retry_at - time.monotonic())
-        if self._unindexed() == 0:
+        waiting = self._unindexed()
+        if waiting == 0:
             return None
+        if waiting >= self._settings.index_flush_entries:
+            return 0.0
         return max(0.0, self._last_append + self._settings.index_flush_idle_s - time.monotonic())
 
     def _take_batch(self, first: _Request) -> bool:
