@@ -7,9 +7,8 @@ SIGTERM/SIGINT; it then stops the server (a log commits what is queued) and
 exits. Closing stdin on exit means the server never outlives the benchmark.
 
 The echo service is served exactly as :meth:`sealog.server.app.LogServer.open`
-serves the log (``grpc.server`` with a ``ThreadPoolExecutor`` of
-``Settings.max_workers`` threads and the same channel options), so the two
-differ only in what the handler does.
+serves the log (grpc's asyncio server on an event loop of its own thread, with
+the same channel options), so the two differ only in what the handler does.
 """
 
 from __future__ import annotations
@@ -21,12 +20,11 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from typing import Any
 
 import grpc
 
-from sealog.server.app import LogServer
+from sealog.server.app import EventLoopThread, LogServer
 from sealog.server.config import Settings
 
 __all__ = ["ECHO_METHOD", "ECHO_SERVICE", "main"]
@@ -35,28 +33,39 @@ ECHO_SERVICE = "bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
 
 
-def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
     return request
 
 
-def _start_echo(address: str, settings: Settings) -> tuple[grpc.Server, int]:
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="echo-rpc"),
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
-    handler = grpc.unary_unary_rpc_method_handler(_echo)  # bytes in, bytes out
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(ECHO_SERVICE, {"Echo": handler}),)
-    )
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    server.start()
-    return server, port
+def _start_echo(address: str, settings: Settings) -> tuple[Callable[[], None], int]:
+    loop = EventLoopThread("echo-grpc")
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        handler = grpc.unary_unary_rpc_method_handler(_echo)  # bytes in, bytes out
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(ECHO_SERVICE, {"Echo": handler}),)
+        )
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        return server, port
+
+    server, port = loop.run(start())
+
+    def stop() -> None:
+        loop.run(server.stop(5.0))
+        loop.close()
+
+    return stop, port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,11 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         info.update(port=log_server.port, vkey=log_server.signer.verifier().vkey)
         stop_server = log_server.stop
     else:
-        echo_server, port = _start_echo(args.listen, settings)
+        stop_server, port = _start_echo(args.listen, settings)
         info.update(port=port)
-
-        def stop_server() -> None:
-            echo_server.stop(5.0).wait(6.0)
 
     stop = threading.Event()
 

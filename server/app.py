@@ -1,17 +1,24 @@
-"""Running a log: storage, key and gRPC server wired together, with a clean shutdown."""
+"""Running a log: storage, key and gRPC server wired together, with a clean shutdown.
+
+The gRPC server is grpc's asyncio server, on an event loop of its own thread
+(:class:`EventLoopThread`); :class:`LogServer` keeps a plain, blocking API.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
 from sealog.client.cosignature import CosignatureVerifier
 from sealog.client.keyfile import read_key_file, write_private_key_file
@@ -20,13 +27,13 @@ from sealog.server.auth import Authenticator
 from sealog.server.config import Settings
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.log import Log
-from sealog.server.safe_decode import SafeDeserializer
+from sealog.server.safe_decode import add_service
 from sealog.server.servicer import SERVICE_NAME, LogServicer
 from sealog.server.tls import is_loopback, server_credentials
 from sealog.server.witness_push import WitnessPusher
 from sealog.v1 import log_pb2_grpc
 
-__all__ = ["LogServer", "TlsFiles", "load_or_create_signer"]
+__all__ = ["EventLoopThread", "LogServer", "TlsFiles", "load_or_create_signer"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +69,45 @@ class TlsFiles:
     client_ca_file: Path | None = None
 
 
-def _listen(server: grpc.Server, address: str, tls: TlsFiles | None, *, mtls: bool) -> int:
+T = TypeVar("T")
+
+
+class EventLoopThread:
+    """An asyncio event loop running on a daemon thread of its own."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop; block until it returns (or raise what it raised)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> futures.Future[T]:
+        """Start ``coro`` on the loop; don't wait."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        """Stop the loop (cancelling what still runs on it) and wait for its thread."""
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
+
+
+def _listen(server: grpc.aio.Server, address: str, tls: TlsFiles | None, *, mtls: bool) -> int:
     try:
         if tls is None:
             port = server.add_insecure_port(address)
@@ -84,10 +129,12 @@ class LogServer:
 
     log: Log
     storage: LmdbStorage
-    grpc_server: grpc.Server
+    grpc_server: grpc.aio.Server
     port: int
     signer: Ed25519Signer
-    health: health.HealthServicer
+    health: HealthServicer
+    loop: EventLoopThread
+    executor: futures.ThreadPoolExecutor
     pusher: WitnessPusher | None = None
     auth: Authenticator = field(default_factory=Authenticator)
     mtls_port: int | None = None
@@ -150,31 +197,39 @@ class LogServer:
                     f"--extra-key-file key {extra.name}+{extra.key_hash:08x}: want another key "
                     f"with the log's key name {signer.name!r}"
                 )
-        server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=settings.max_workers, thread_name_prefix="sealog-rpc"
-            ),
-            interceptors=[SafeDeserializer()],
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        health_servicer = health.HealthServicer()
-        for service in ("", SERVICE_NAME):
-            health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        servicer = LogServicer(auth=auth)
-        log_pb2_grpc.add_LogServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            servicer, server
-        )
         if mtls_address is not None and (tls is None or tls.client_ca_file is None):
             raise ValueError("a mutual TLS port needs a TLS certificate, key and client CA")
-        port = _listen(server, address, tls, mtls=mtls_address is None)
-        mtls_port = _listen(server, mtls_address, tls, mtls=True) if mtls_address else None
-        server.start()
+        executor = futures.ThreadPoolExecutor(
+            max_workers=settings.max_workers, thread_name_prefix="sealog-rpc"
+        )
+        servicer = LogServicer(auth=auth, executor=executor)
+        loop = EventLoopThread("sealog-grpc")
+
+        async def start() -> tuple[grpc.aio.Server, HealthServicer, int, int | None]:
+            server = grpc.aio.server(
+                options=[
+                    ("grpc.max_receive_message_length", settings.max_message_bytes),
+                    ("grpc.max_send_message_length", settings.max_message_bytes),
+                    ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+                    ("grpc.so_reuseport", 0),
+                ],
+            )
+            health_servicer = HealthServicer()
+            for service in ("", SERVICE_NAME):
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            add_service(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
+            add_service(server, log_pb2_grpc.add_LogServiceServicer_to_server, servicer)
+            port = _listen(server, address, tls, mtls=mtls_address is None)
+            mtls_port = _listen(server, mtls_address, tls, mtls=True) if mtls_address else None
+            await server.start()
+            return server, health_servicer, port, mtls_port
+
+        try:
+            server, health_servicer, port, mtls_port = loop.run(start())
+        except BaseException:
+            loop.close()
+            executor.shutdown()
+            raise
         storage = LmdbStorage(data_dir / "db")
         try:
             the_log = Log(
@@ -187,12 +242,18 @@ class LogServer:
                 extra_signers=extra_signers,
             )
         except BaseException:
-            server.stop(None)
+            loop.run(server.stop(None))
+            loop.close()
+            executor.shutdown()
             storage.close()
             raise
         servicer.attach(the_log)
-        for service in ("", SERVICE_NAME):
-            health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+        async def serving() -> None:
+            for service in ("", SERVICE_NAME):
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+        loop.run(serving())
         pusher = WitnessPusher(the_log, list(push_witnesses)).start() if push_witnesses else None
         return cls(
             the_log,
@@ -201,11 +262,17 @@ class LogServer:
             port,
             signer,
             health_servicer,
+            loop,
+            executor,
             pusher,
             auth,
             mtls_port,
             servicer,
         )
+
+    def enter_graceful_shutdown(self) -> None:
+        """Make the health service answer NOT_SERVING from now on (load balancers drain)."""
+        self.loop.run(self.health.enter_graceful_shutdown())
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking RPCs, commit and answer queued appends, close storage.
@@ -215,13 +282,20 @@ class LogServer:
         that calls already accepted are not cut off as CANCELLED when the gRPC
         server stops.
         """
-        self.health.enter_graceful_shutdown()
+        self.enter_graceful_shutdown()
         if self.servicer is not None:
             self.servicer.drain()
             time.sleep(DRAIN_S)
         if self.pusher is not None:
             self.pusher.stop()
-        done: threading.Event = self.grpc_server.stop(grace)
+        stopped = self.loop.submit(self.grpc_server.stop(grace))
+        # Appends still queued are committed and their callers answered while
+        # the server waits for its calls to finish.
         self.log.close()
-        done.wait(grace + 1)
+        try:
+            stopped.result(grace + 1)
+        except futures.TimeoutError:
+            log.warning("gRPC server did not stop within %.1f s; cancelling its calls", grace + 1)
+        self.loop.close()
+        self.executor.shutdown(cancel_futures=True)  # a bulk read still running finishes first
         self.storage.close()

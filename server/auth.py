@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -61,10 +62,12 @@ class Authenticator:
             self._policy = policy
         return policy
 
-    def authenticate(self, context: grpc.ServicerContext) -> Principal:
+    def authenticate(
+        self, context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]
+    ) -> Principal:
         """Establish who is calling; raise :class:`UnauthenticatedError` for a bad API key."""
         policy = self._policy
-        for key, value in context.invocation_metadata():
+        for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str):
                 if not value.lower().startswith(_BEARER):
                     raise UnauthenticatedError("authorization metadata: want 'Bearer <API key>'")

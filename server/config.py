@@ -45,7 +45,8 @@ class Settings:
     append_timeout_s: float = 30.0
     """How long an Append waits for its commit before answering UNAVAILABLE."""
     max_workers: int = 128
-    """Threads serving RPCs."""
+    """Threads for the RPCs that may take long (entry pages, searches, cosignatures,
+    policy reloads); the others run on the gRPC server's event loop."""
     max_concurrent_streams: int = 256
     """Concurrent RPCs one client connection may have open."""
 

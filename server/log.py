@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from sealog.client.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
@@ -261,8 +262,11 @@ class Log:
     # --- writes -----------------------------------------------------------
     def append(self, items: Sequence[AppendItem], identity: str) -> AppendOutcome:
         """Append entries durably; blocks until they are committed."""
-        future = self._sequencer.submit(items, identity)
-        return future.result(timeout=self.settings.append_timeout_s)
+        return self.submit(items, identity).result(timeout=self.settings.append_timeout_s)
+
+    def submit(self, items: Sequence[AppendItem], identity: str) -> Future[AppendOutcome]:
+        """Queue entries for appending; the future completes once they are committed."""
+        return self._sequencer.submit(items, identity)
 
     def close(self) -> None:
         """Commit and answer what is queued, then stop writing."""

@@ -1,20 +1,23 @@
 """Undecodable requests get INVALID_ARGUMENT, not INTERNAL.
 
 grpcio answers a request whose bytes are not a valid protobuf message with
-INTERNAL ("Exception deserializing request!") and, worse, leaves its HTTP/2
+INTERNAL ("Exception deserializing request!") and, worse, can leave its HTTP/2
 stream open: after ``max_concurrent_streams`` such requests the connection
-refuses every call. This interceptor makes decoding never raise: a failure
-becomes a marker the handler turns into INVALID_ARGUMENT.
+refuses every call. :func:`add_service` registers a service's handlers with
+a request decoder that never raises: a failure becomes a marker that the
+handler turns into INVALID_ARGUMENT. The handlers are wrapped once, when the
+service is added, so a call pays nothing for it but a type check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-__all__ = ["SafeDeserializer"]
+__all__ = ["add_service"]
 
 
 class _Undecodable:
@@ -24,56 +27,97 @@ class _Undecodable:
         self.error = error
 
 
-def _guard(behaviour: Callable[[Any, Any], Any], method: str) -> Callable[[Any, Any], Any]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-        if isinstance(request, _Undecodable):
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{method}: the request is not a valid protobuf message ({request.error})",
-            )
-        return behaviour(request, context)
-
-    return guarded
-
-
 if TYPE_CHECKING:  # generic only in the type stubs
-    _Interceptor = grpc.ServerInterceptor[Any, Any]
     _Handler = grpc.RpcMethodHandler[Any, Any]
 else:
-    _Interceptor = grpc.ServerInterceptor
     _Handler = grpc.RpcMethodHandler
 
 
-class SafeDeserializer(_Interceptor):
-    """A server interceptor; pass it to ``grpc.server(..., interceptors=[...])``."""
+def _safe_decoder(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def safe(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as e:  # any decoding failure is the client's bad input
+            return _Undecodable(type(e).__name__)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
-            return handler
-        decode = handler.request_deserializer
-        method = str(handler_call_details.method)
+    return safe
 
-        def safe(data: bytes) -> Any:
-            try:
-                return decode(data)
-            except Exception as e:  # any decoding failure is the client's bad input
-                return _Undecodable(type(e).__name__)
 
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _guard(handler.unary_unary, method),
-                request_deserializer=safe,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _guard(handler.unary_stream, method),
-                request_deserializer=safe,
-                response_serializer=handler.response_serializer,
-            )
+async def _refuse(
+    request: _Undecodable, context: grpc.aio.ServicerContext[Any, Any], method: str
+) -> None:
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{method}: the request is not a valid protobuf message ({request.error})",
+    )
+
+
+def _guard(behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
+    """Wrap an async unary or server-streaming behaviour, keeping its kind."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            if isinstance(request, _Undecodable):
+                await _refuse(request, context, method)
+            async for response in behaviour(request, context):
+                yield response
+
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, _Undecodable):
+            await _refuse(request, context, method)
+        return await behaviour(request, context)
+
+    return call
+
+
+def _safe(handler: _Handler, method: str) -> _Handler:
+    if handler.request_streaming or handler.request_deserializer is None:
         return handler
+    decode = _safe_decoder(handler.request_deserializer)
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _guard(handler.unary_unary, method),
+            request_deserializer=decode,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _guard(handler.unary_stream, method),
+            request_deserializer=decode,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+class _Recorder:
+    """Stands in for a server to collect what a generated ``add_*_to_server`` registers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, Mapping[str, _Handler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Ignored: every generated registration also calls the method below."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, _Handler]
+    ) -> None:
+        self.services[service] = handlers
+
+
+def add_service(
+    server: grpc.aio.Server, register: Callable[[Any, Any], None], servicer: object
+) -> None:
+    """Add ``servicer`` to ``server`` as the generated ``register(servicer, server)`` would,
+    with requests that fail to decode answered INVALID_ARGUMENT."""
+    recorder = _Recorder()
+    register(servicer, recorder)
+    if not recorder.services:
+        raise ValueError(f"{register.__name__} registered no service")
+    for service, handlers in recorder.services.items():
+        safe = {name: _safe(h, f"/{service}/{name}") for name, h in handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, safe),))
+        server.add_registered_method_handlers(service, safe)  # type: ignore[attr-defined]

@@ -1,16 +1,25 @@
 """The gRPC LogService: validate, call the log, convert the answer. Nothing else.
 
+The service runs on grpc's asyncio server. RPCs with a small, bounded cost —
+checkpoints and single proofs, which read O(log n) pages — run on the event
+loop itself; an append waits there for the sequencer's commit without holding
+a thread; the bulk ones (entry pages, searches) and the ones that write or
+read files (cosignatures, policy reloads) run on a thread pool, so a slow one
+never stalls the loop.
+
 Domain errors map to status codes in one place, :func:`_status_of`. Nothing a
 client can send ends in INTERNAL: that code means a bug or a broken disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import datetime
 import functools
 import logging
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -21,6 +30,7 @@ from grpc_status import rpc_status
 from sealog.client.errors import InvalidProofError
 from sealog.server import validate
 from sealog.server.auth import Authenticator, Principal
+from sealog.server.config import Settings
 from sealog.server.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -33,6 +43,7 @@ from sealog.server.errors import (
 from sealog.server.log import Log
 from sealog.server.policy import PolicyError
 from sealog.server.quota import AppendQuota
+from sealog.server.sequencer import AppendOutcome
 from sealog.server.storage import StorageCorruptError
 from sealog.v1 import log_pb2, log_pb2_grpc
 
@@ -65,11 +76,14 @@ def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error; see the server log"
 
 
-def _abort(context: grpc.ServicerContext, error: BaseException) -> NoReturn:
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+async def _abort(context: Context, error: BaseException) -> NoReturn:
     code, message = _status_of(error)
     retry_after = getattr(error, "retry_after_s", None)
     if retry_after is None:
-        context.abort(code, message)
+        await context.abort(code, message)
     else:
         # google.rpc.RetryInfo in the status details says when to come back.
         info = error_details_pb2.RetryInfo()
@@ -77,34 +91,33 @@ def _abort(context: grpc.ServicerContext, error: BaseException) -> NoReturn:
         detail = any_pb2.Any()
         detail.Pack(info)
         status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-        context.abort_with_status(rpc_status.to_status(status))
+        await context.abort_with_status(  # type: ignore[attr-defined]  # missing from the stubs
+            rpc_status.to_status(status)
+        )
     raise AssertionError("unreachable")  # context.abort raises
 
 
 R = TypeVar("R")
-Handler = Callable[["LogServicer", Any, grpc.ServicerContext, Principal], R]
+Handler = Callable[["LogServicer", Any, Principal], Awaitable[R]]
 
 
 def _rpc(
     role: str,
-) -> Callable[[Handler[R]], Callable[[LogServicer, Any, grpc.ServicerContext], R]]:
+) -> Callable[[Handler[R]], Callable[[LogServicer, Any, Context], Awaitable[R]]]:
     """Authenticate the caller, check it holds ``role``, run the handler, map errors."""
 
-    def decorate(method: Handler[R]) -> Callable[[LogServicer, Any, grpc.ServicerContext], R]:
+    def decorate(method: Handler[R]) -> Callable[[LogServicer, Any, Context], Awaitable[R]]:
         action = method.__name__
 
         @functools.wraps(method)
-        def wrapper(self: LogServicer, request: Any, context: grpc.ServicerContext) -> R:
+        async def wrapper(self: LogServicer, request: Any, context: Context) -> R:
             try:
-                if self._draining:
-                    raise UnavailableError("the log is shutting down; retry shortly", 1.0)
-                principal = self._auth.authenticate(context)
-                self._auth.authorize(principal, role, action)
-                return method(self, request, context, principal)
+                principal = self._admit(context, role, action)
+                return await method(self, request, principal)
             except Exception as e:
-                if isinstance(e, grpc.RpcError):  # raised by context.abort
+                if isinstance(e, grpc.aio.AbortError):  # raised by context.abort
                     raise
-                _abort(context, e)
+                await _abort(context, e)
 
         return wrapper
 
@@ -114,10 +127,55 @@ def _rpc(
 SERVICE_NAME = "sealog.v1.LogService"
 
 
+def _time_out(waiter: asyncio.Future[AppendOutcome]) -> None:
+    if not waiter.done():
+        waiter.set_exception(concurrent.futures.TimeoutError())
+
+
+class _Handoff:
+    """Passes committed appends from the sequencer's thread to the event loop.
+
+    The sequencer answers a whole batch at once; this wakes the loop once for
+    all of it rather than once per request.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[
+            tuple[asyncio.Future[AppendOutcome], concurrent.futures.Future[AppendOutcome]]
+        ] = []
+
+    def add(
+        self,
+        waiter: asyncio.Future[AppendOutcome],
+        done: concurrent.futures.Future[AppendOutcome],
+    ) -> None:
+        """Called on any thread when ``done`` completes."""
+        with self._lock:
+            self._ready.append((waiter, done))
+            if len(self._ready) > 1:
+                return  # a delivery is already scheduled
+        self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for waiter, done in ready:
+            if waiter.done():  # the caller went away, or timed out
+                continue
+            error = done.exception()
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(done.result())
+
+
 class LogServicer(log_pb2_grpc.LogServiceServicer):
     """sealog.v1.LogService over a :class:`~sealog.server.log.Log`.
 
     Until :meth:`attach` gives it the opened log, every RPC answers UNAVAILABLE.
+    ``executor`` runs the RPCs that may take long (see the module docstring).
     """
 
     def __init__(
@@ -125,11 +183,14 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         log: Log | None = None,
         auth: Authenticator | None = None,
         quota: AppendQuota | None = None,
+        executor: concurrent.futures.Executor | None = None,
     ) -> None:
         self._attached = log
         self._draining = False
         self._auth = auth if auth is not None else Authenticator()
         self._quota = quota if quota is not None else AppendQuota()
+        self._executor = executor
+        self._handoff: _Handoff | None = None
 
     def drain(self) -> None:
         """Answer every new call UNAVAILABLE (with RetryInfo): the server is stopping."""
@@ -146,6 +207,37 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             raise UnavailableError("the log is starting up (self-check in progress)", 1.0)
         return log
 
+    def _admit(self, context: Context, role: str, action: str) -> Principal:
+        """Who is calling, if they may ``action``; raise otherwise (or while stopping)."""
+        if self._draining:
+            raise UnavailableError("the log is shutting down; retry shortly", 1.0)
+        principal = self._auth.authenticate(context)
+        self._auth.authorize(principal, role, action)
+        return principal
+
+    async def _in_thread(self, work: Callable[[], R]) -> R:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    async def _committed(
+        self, submitted: concurrent.futures.Future[AppendOutcome], settings: Settings
+    ) -> AppendOutcome:
+        """Wait for the sequencer to commit; UNAVAILABLE after ``append_timeout_s``.
+
+        A caller that goes away does not take its entries out of the batch: the
+        sequencer commits them anyway (a retry with the same keys finds them).
+        """
+        loop = asyncio.get_running_loop()
+        if self._handoff is None:
+            self._handoff = _Handoff(loop)
+        waiter: asyncio.Future[AppendOutcome] = loop.create_future()
+        handoff = self._handoff
+        submitted.add_done_callback(lambda done: handoff.add(waiter, done))
+        timer = loop.call_later(settings.append_timeout_s, _time_out, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
     def _check_quota(self, principal: Principal, count: int) -> None:
         policy = self._auth.policy
         entry = policy.identities.get(principal.identity) if policy is not None else None
@@ -153,12 +245,13 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             self._quota.take(principal.identity, count, entry.appends_per_second, entry.burst)
 
     @_rpc("append")
-    def Append(  # noqa: N802 - gRPC method names
-        self, request: log_pb2.AppendRequest, context: grpc.ServicerContext, principal: Principal
+    async def Append(  # noqa: N802 - gRPC method names
+        self, request: log_pb2.AppendRequest, principal: Principal
     ) -> log_pb2.AppendResponse:
-        items = validate.append_items(request, self._log.settings)
+        log = self._log
+        items = validate.append_items(request, log.settings)
         self._check_quota(principal, len(items))
-        out = self._log.append(items, principal.identity)
+        out = await self._committed(log.submit(items, principal.identity), log.settings)
         return log_pb2.AppendResponse(
             checkpoint=out.checkpoint,
             entries=[
@@ -178,33 +271,24 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         )
 
     @_rpc("read")
-    def GetCheckpoint(  # noqa: N802
-        self,
-        request: log_pb2.GetCheckpointRequest,
-        context: grpc.ServicerContext,
-        principal: Principal,
+    async def GetCheckpoint(  # noqa: N802
+        self, request: log_pb2.GetCheckpointRequest, principal: Principal
     ) -> log_pb2.GetCheckpointResponse:
         note, proof = self._log.checkpoint(request.first_tree_size, witnessed=request.witnessed)
         return log_pb2.GetCheckpointResponse(checkpoint=note, consistency_proof=proof)
 
     @_rpc("witness")
-    def AddCosignature(  # noqa: N802
-        self,
-        request: log_pb2.AddCosignatureRequest,
-        context: grpc.ServicerContext,
-        principal: Principal,
+    async def AddCosignature(  # noqa: N802
+        self, request: log_pb2.AddCosignatureRequest, principal: Principal
     ) -> log_pb2.AddCosignatureResponse:
         validate.check_add_cosignature_request(request)
-        return log_pb2.AddCosignatureResponse(
-            checkpoint=self._log.add_cosignature(request.checkpoint)
-        )
+        log = self._log
+        note = await self._in_thread(lambda: log.add_cosignature(request.checkpoint))
+        return log_pb2.AddCosignatureResponse(checkpoint=note)
 
     @_rpc("read")
-    def GetInclusionProof(  # noqa: N802
-        self,
-        request: log_pb2.GetInclusionProofRequest,
-        context: grpc.ServicerContext,
-        principal: Principal,
+    async def GetInclusionProof(  # noqa: N802
+        self, request: log_pb2.GetInclusionProofRequest, principal: Principal
     ) -> log_pb2.GetInclusionProofResponse:
         name = "GetInclusionProofRequest"
         validate.check_inclusion_request(name, request.leaf_index, request.tree_size)
@@ -214,11 +298,8 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         )
 
     @_rpc("read")
-    def GetInclusionProofByHash(  # noqa: N802
-        self,
-        request: log_pb2.GetInclusionProofByHashRequest,
-        context: grpc.ServicerContext,
-        principal: Principal,
+    async def GetInclusionProofByHash(  # noqa: N802
+        self, request: log_pb2.GetInclusionProofByHashRequest, principal: Principal
     ) -> log_pb2.GetInclusionProofResponse:
         validate.check_inclusion_by_hash_request(request)
         index, proof = self._log.inclusion_proof_by_hash(request.leaf_hash, request.tree_size)
@@ -227,22 +308,16 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         )
 
     @_rpc("read")
-    def GetConsistencyProof(  # noqa: N802
-        self,
-        request: log_pb2.GetConsistencyProofRequest,
-        context: grpc.ServicerContext,
-        principal: Principal,
+    async def GetConsistencyProof(  # noqa: N802
+        self, request: log_pb2.GetConsistencyProofRequest, principal: Principal
     ) -> log_pb2.GetConsistencyProofResponse:
         validate.check_consistency_request(request)
         proof = self._log.consistency_proof(request.first_tree_size, request.second_tree_size)
         return log_pb2.GetConsistencyProofResponse(consistency_proof=proof)
 
     @_rpc("read")
-    def GetEntryAndProof(  # noqa: N802
-        self,
-        request: log_pb2.GetEntryAndProofRequest,
-        context: grpc.ServicerContext,
-        principal: Principal,
+    async def GetEntryAndProof(  # noqa: N802
+        self, request: log_pb2.GetEntryAndProofRequest, principal: Principal
     ) -> log_pb2.GetEntryAndProofResponse:
         name = "GetEntryAndProofRequest"
         validate.check_inclusion_request(name, request.leaf_index, request.tree_size)
@@ -254,18 +329,15 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             inclusion_proof=proof,
         )
 
-    def GetEntries(  # noqa: N802
-        self, request: log_pb2.GetEntriesRequest, context: grpc.ServicerContext
-    ) -> Iterator[log_pb2.EntriesPage]:
+    async def GetEntries(  # noqa: N802
+        self, request: log_pb2.GetEntriesRequest, context: Context
+    ) -> AsyncIterator[log_pb2.EntriesPage]:
         try:
-            if self._draining:
-                raise UnavailableError("the log is shutting down; retry shortly", 1.0)
-            self._auth.authorize(self._auth.authenticate(context), "read", "GetEntries")
-            page_size = validate.check_entries_request(request, self._log.settings)
-            pages = self._log.entries(request.start, request.end, request.tree_size, page_size)
-            for page in pages:
-                if not context.is_active():
-                    return
+            self._admit(context, "read", "GetEntries")
+            log = self._log
+            page_size = validate.check_entries_request(request, log.settings)
+            pages = log.entries(request.start, request.end, request.tree_size, page_size)
+            while (page := await self._in_thread(lambda: next(pages, None))) is not None:
                 yield log_pb2.EntriesPage(
                     start=page.start,
                     leaves=page.leaves,
@@ -275,18 +347,20 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
                     ),
                 )
         except Exception as e:
-            if isinstance(e, grpc.RpcError):
+            if isinstance(e, grpc.aio.AbortError):
                 raise
-            _abort(context, e)
+            await _abort(context, e)
 
     @_rpc("read")
-    def SearchEntries(  # noqa: N802
-        self,
-        request: log_pb2.SearchEntriesRequest,
-        context: grpc.ServicerContext,
-        principal: Principal,
+    async def SearchEntries(  # noqa: N802
+        self, request: log_pb2.SearchEntriesRequest, principal: Principal
     ) -> log_pb2.SearchEntriesResponse:
         limit = validate.check_search_request(request, self._log.settings)
+        return await self._in_thread(lambda: self._search(request, limit))
+
+    def _search(
+        self, request: log_pb2.SearchEntriesRequest, limit: int
+    ) -> log_pb2.SearchEntriesResponse:
         until = request.until_ms or (1 << 64) - 1
         found = self._log.find_by_identity(
             request.identity,
@@ -312,13 +386,10 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         )
 
     @_rpc("admin")
-    def ReloadPolicy(  # noqa: N802
-        self,
-        request: log_pb2.ReloadPolicyRequest,
-        context: grpc.ServicerContext,
-        principal: Principal,
+    async def ReloadPolicy(  # noqa: N802
+        self, request: log_pb2.ReloadPolicyRequest, principal: Principal
     ) -> log_pb2.ReloadPolicyResponse:
-        policy = self._auth.reload()
+        policy = await self._in_thread(self._auth.reload)
         if policy is None:
             raise InvalidArgumentError("ReloadPolicy: this log runs without a policy file")
         log.info("policy reloaded by %r: %d identities", principal.identity, len(policy.identities))

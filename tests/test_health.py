@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -22,7 +23,7 @@ def test_health_is_serving_once_open_and_not_after_shutdown(tmp_path: Path) -> N
             for service in ("", SERVICE_NAME):
                 answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
                 assert answer.status == health_pb2.HealthCheckResponse.SERVING
-            server.health.enter_graceful_shutdown()
+            server.enter_graceful_shutdown()
             answer = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
             assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
             server.stop()
@@ -44,10 +45,10 @@ class _Context:
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}
 
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise _AbortedError(code, details)
 
-    def abort_with_status(self, status: grpc.Status) -> None:
+    async def abort_with_status(self, status: grpc.Status) -> None:
         raise _AbortedError(status.code, status.details)
 
 
@@ -60,6 +61,8 @@ class _AbortedError(Exception):
 def test_rpcs_are_unavailable_until_the_self_check_has_passed() -> None:
     servicer = LogServicer()  # not attached to a log yet
     with pytest.raises(_AbortedError) as info:
-        servicer.GetCheckpoint(log_pb2.GetCheckpointRequest(), _Context())  # type: ignore[arg-type]
+        asyncio.run(
+            servicer.GetCheckpoint(log_pb2.GetCheckpointRequest(), _Context())  # type: ignore[arg-type]
+        )
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
     assert "starting up" in str(info.value)
