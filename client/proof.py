@@ -99,6 +99,29 @@ def _check_size(name: str, value: int) -> None:
         raise InvalidProofError(f"{name}: {value}, want 0 <= {name} < 2^63")
 
 
+def _path_nodes(level: int, index: int, size: int) -> list[tuple[NodeID, ...]]:
+    """The siblings on the way from node ``(level, index)`` up to the root of ``D[0:size]``.
+
+    At each level the sibling is a stored perfect subtree, except on the right
+    edge: a sibling that starts at or beyond ``size`` is no sibling at all (the
+    node is carried up unchanged, as RFC 6962's split leaves it), and one that
+    runs past ``size`` is the subtree ``D[begin:size]``, split into perfect
+    subtrees. This is RFC 6962's recursion walked bottom up.
+    """
+    groups: list[tuple[NodeID, ...]] = []
+    top = (size - 1).bit_length()  # the root's level
+    while level < top:
+        sibling = index ^ 1
+        begin = sibling << level
+        if sibling < index or begin + (1 << level) <= size:
+            groups.append((NodeID(level, sibling),))
+        elif begin < size:
+            groups.append(subtree_nodes(begin, size))
+        level += 1
+        index >>= 1
+    return groups
+
+
 def inclusion_proof_nodes(index: int, size: int) -> list[tuple[NodeID, ...]]:
     """Name the nodes of the inclusion proof ``PATH(index, D[0:size])`` (RFC 6962 §2.1.1).
 
@@ -109,20 +132,7 @@ def inclusion_proof_nodes(index: int, size: int) -> list[tuple[NodeID, ...]]:
     _check_size("size", size)
     if not 0 <= index < size:
         raise InvalidProofError(f"index: {index}, want 0 <= index < size {size}")
-    siblings: list[tuple[NodeID, ...]] = []
-    begin, end = 0, size
-    # Walk down from the root; at each split the sibling of the side holding
-    # the leaf is one proof element. The walk meets them root end first.
-    while end - begin > 1:
-        mid = begin + largest_power_of_two_below(end - begin)
-        if index < mid:
-            siblings.append(subtree_nodes(mid, end))
-            end = mid
-        else:
-            siblings.append(subtree_nodes(begin, mid))
-            begin = mid
-    siblings.reverse()
-    return siblings
+    return _path_nodes(0, index, size)
 
 
 def consistency_proof_nodes(size1: int, size2: int) -> list[tuple[NodeID, ...]]:
@@ -139,20 +149,10 @@ def consistency_proof_nodes(size1: int, size2: int) -> list[tuple[NodeID, ...]]:
         raise InvalidProofError(f"size1: {size1}, want 0 < size1 <= size2 {size2}")
     if size1 == size2:
         return []
-    siblings: list[tuple[NodeID, ...]] = []
-    begin, end, m = 0, size2, size1
-    complete = True  # SUBPROOF's b: is D[begin:end] still the whole old tree's right edge?
-    # SUBPROOF(m, D[begin:end], b) recursion, unrolled; m is relative to begin.
-    while m != end - begin:
-        k = largest_power_of_two_below(end - begin)
-        if m <= k:
-            siblings.append(subtree_nodes(begin + k, end))
-            end = begin + k
-        else:
-            siblings.append(subtree_nodes(begin, begin + k))
-            begin += k
-            m -= k
-            complete = False
-    proof: list[tuple[NodeID, ...]] = [] if complete else [subtree_nodes(begin, end)]
-    proof.extend(reversed(siblings))
-    return proof
+    # RFC 6962's SUBPROOF descends to the largest perfect subtree that ends at
+    # size1; the proof is that subtree (unless it is the whole old tree, which
+    # the verifier knows as the old root) and then its path to the new root.
+    level = (size1 & -size1).bit_length() - 1
+    index = (size1 - 1) >> level
+    path = _path_nodes(level, index, size2)
+    return path if index == 0 else [(NodeID(level, index),), *path]
