@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from sealog.server.app import EventLoopThread, LogServer
+from sealog.server.app import EventLoopThread, LogServer, new_grpc_server
 from sealog.server.config import Settings
 
 __all__ = ["ECHO_METHOD", "ECHO_SERVICE", "main"]
@@ -41,14 +41,7 @@ def _start_echo(address: str, settings: Settings) -> tuple[Callable[[], None], i
     loop = EventLoopThread("echo-grpc")
 
     async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        server = new_grpc_server(settings)
         handler = grpc.unary_unary_rpc_method_handler(_echo)  # bytes in, bytes out
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(ECHO_SERVICE, {"Echo": handler}),)

@@ -33,7 +33,13 @@ from sealog.server.tls import is_loopback, server_credentials
 from sealog.server.witness_push import WitnessPusher
 from sealog.v1 import log_pb2_grpc
 
-__all__ = ["EventLoopThread", "LogServer", "TlsFiles", "load_or_create_signer"]
+__all__ = [
+    "EventLoopThread",
+    "LogServer",
+    "TlsFiles",
+    "load_or_create_signer",
+    "new_grpc_server",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,18 @@ class EventLoopThread:
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join()
+
+
+def new_grpc_server(settings: Settings) -> grpc.aio.Server:
+    """A gRPC asyncio server with the log's limits (call it on the loop that will run it)."""
+    return grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
 
 
 def _listen(server: grpc.aio.Server, address: str, tls: TlsFiles | None, *, mtls: bool) -> int:
@@ -206,14 +224,7 @@ class LogServer:
         loop = EventLoopThread("sealog-grpc")
 
         async def start() -> tuple[grpc.aio.Server, HealthServicer, int, int | None]:
-            server = grpc.aio.server(
-                options=[
-                    ("grpc.max_receive_message_length", settings.max_message_bytes),
-                    ("grpc.max_send_message_length", settings.max_message_bytes),
-                    ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
-                    ("grpc.so_reuseport", 0),
-                ],
-            )
+            server = new_grpc_server(settings)
             health_servicer = HealthServicer()
             for service in ("", SERVICE_NAME):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
