@@ -18,7 +18,14 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["SealogServe", "ServeFailedError", "rss_kib", "run_fsck", "sealog_command"]
+__all__ = [
+    "SealogServe",
+    "ServeFailedError",
+    "child_env",
+    "rss_kib",
+    "run_fsck",
+    "sealog_command",
+]
 
 STARTUP_TIMEOUT_S = 30.0
 _ADDRESS = re.compile(r"^\s*address:\s+(\S+):(\d+)\b")
@@ -47,7 +54,9 @@ def sealog_command() -> list[str]:
     return [sys.executable, "-m", "sealog.server.cli"]
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """This process's environment for a ``sealog`` child: unbuffered, and without the
+    variables that would give client commands a target or key the caller did not pass."""
     env = dict(os.environ)
     env.pop("SEALOG_TARGET", None)
     env.pop("SEALOG_VKEY", None)
@@ -62,7 +71,7 @@ def run_fsck(data_dir: Path, vkey: str, timeout: float = 600.0) -> subprocess.Co
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_env(),
+        env=child_env(),
         check=False,
     )
 
@@ -82,9 +91,9 @@ def rss_kib(pid: int) -> dict[str, int]:
 
 
 class SealogServe:
-    """``sealog serve --data-dir DIR --listen 127.0.0.1:0 ARGS`` in a subprocess."""
+    """``sealog serve --data-dir DIR --listen 127.0.0.1:0 ARGS`` in a subprocess (in ``cwd``)."""
 
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    def __init__(self, data_dir: Path, *args: str, cwd: Path | None = None) -> None:
         self.data_dir = data_dir
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []
@@ -103,11 +112,12 @@ class SealogServe:
                 "127.0.0.1:0",
                 *args,
             ],
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(),
+            env=child_env(),
         )
         self._readers = [
             threading.Thread(target=self._read_stdout, daemon=True),

@@ -1,4 +1,5 @@
-"""Helpers for the end-to-end tests: a `sealog serve` subprocess, the CLI, tampering.
+"""Helpers for the end-to-end tests: the CLI, tampering, and a `sealog serve` subprocess
+(:class:`bench.serve_process.SealogServe`, shared with the reliability benchmarks).
 
 Fixtures live in ``conftest.py``; this module holds the classes they return so
 that test modules can import them for type hints.
@@ -6,12 +7,7 @@ that test modules can import them for type hints.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +16,8 @@ from typing import Any
 
 import grpc
 
+from bench.serve_process import SealogServe as ServeProcess
+from bench.serve_process import child_env, sealog_command
 from sealog.client.compact import CompactRange
 from sealog.client.hashing import leaf_hash
 from sealog.client.log_client import Entry, LogClient
@@ -42,34 +40,10 @@ __all__ = [
     "sealog_command",
 ]
 
-STARTUP_TIMEOUT_S = 30.0
-
 OpenLog = Callable[..., "RunningLog"]
 """The ``open_log`` fixture: ``open_log(data_dir=None, settings=None, **LogServer.open kwargs)``."""
 Serve = Callable[..., "ServeProcess"]
 """The ``serve`` fixture: ``serve(data_dir, *serve_args, wait=True)``."""
-_ADDRESS = re.compile(r"^\s*address:\s+(\S+):(\d+)\b")
-_VKEY = re.compile(r"^\s*verifier key:\s+(\S+)")
-
-
-def sealog_command() -> list[str]:
-    """The installed ``sealog`` console script, or ``python -m`` the CLI module."""
-    script = Path(sys.executable).parent / "sealog"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("sealog")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "sealog.server.cli"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Client commands must only use what the test passes.
-    env.pop("SEALOG_TARGET", None)
-    env.pop("SEALOG_VKEY", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def run_sealog(
@@ -87,132 +61,9 @@ def run_sealog(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_env(),
+        env=child_env(),
         check=False,
     )
-
-
-class ServeProcess:
-    """``sealog serve`` in a subprocess on a port the kernel picks (``--listen 127.0.0.1:0``).
-
-    :meth:`wait_ready` blocks until the server printed its address line (or
-    exited). :meth:`close` always leaves the process dead and reaped.
-    """
-
-    def __init__(self, data_dir: Path, *args: str, cwd: Path) -> None:
-        self.data_dir = data_dir
-        self.args = args
-        self.stdout_lines: list[str] = []
-        self.stderr_lines: list[str] = []
-        self.host = ""
-        self.port = 0
-        self.vkey = ""
-        self._changed = threading.Event()
-        self.proc = subprocess.Popen(
-            [
-                *sealog_command(),
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--listen",
-                "127.0.0.1:0",
-                *args,
-            ],
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
-        self._readers = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for t in self._readers:
-            t.start()
-
-    # --- output -----------------------------------------------------------
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.stdout_lines.append(line)
-            if m := _ADDRESS.match(line):
-                self.host, self.port = m.group(1), int(m.group(2))
-            elif m := _VKEY.match(line):
-                self.vkey = m.group(1)
-                self._changed.set()
-        self._changed.set()  # EOF: the process is gone (or closed stdout)
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line)
-
-    @property
-    def stdout(self) -> str:
-        return "".join(self.stdout_lines)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.stderr_lines)
-
-    @property
-    def target(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> ServeProcess:
-        """Wait for the address and verifier key lines; raise if the server exits first."""
-        if not self._changed.wait(timeout):
-            raise TimeoutError(
-                f"sealog serve printed no address in {timeout}s\nstdout:\n{self.stdout}"
-                f"\nstderr:\n{self.stderr}"
-            )
-        if not (self.port and self.vkey):
-            rc = self.proc.wait(timeout)
-            for t in self._readers:
-                t.join(timeout)
-            raise RuntimeError(
-                f"sealog serve exited with {rc} before serving\nstdout:\n{self.stdout}"
-                f"\nstderr:\n{self.stderr}"
-            )
-        return self
-
-    # --- stopping -----------------------------------------------------------
-    def kill(self) -> None:
-        """``kill -9``: no shutdown code runs."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(STARTUP_TIMEOUT_S)
-
-    def terminate(self, timeout: float = STARTUP_TIMEOUT_S) -> int:
-        """SIGTERM (a clean shutdown); return the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout)
-        for t in self._readers:
-            t.join(timeout)
-        return rc
-
-    def wait_exit(self, timeout: float = STARTUP_TIMEOUT_S) -> int:
-        """Wait for the process to exit by itself; return its exit status."""
-        rc = self.proc.wait(timeout)
-        for t in self._readers:
-            t.join(timeout)
-        return rc
-
-    def close(self) -> None:
-        """Make sure the process is dead and reaped, whatever state it is in."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        try:
-            self.proc.wait(STARTUP_TIMEOUT_S)
-        finally:
-            for t in self._readers:
-                t.join(5)
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
 
 
 def run_threads(count: int, work: Callable[[int], None]) -> None:
