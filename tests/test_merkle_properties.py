@@ -18,6 +18,7 @@ from functools import cache
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from merkle_support import flip_bit, stored_hashes
 from rfc6962_reference import ReferenceTree
 
 import sealog.client.verify as verify_module
@@ -48,22 +49,6 @@ SAMPLED_TREE = 5000
 MAX_SIZE = (1 << 63) - 1
 
 REJECTED = (InvalidProofError, RootMismatchError)
-
-
-def _flip_bit(data: bytes, bit: int) -> bytes:
-    out = bytearray(data)
-    out[bit // 8] ^= 0x80 >> (bit % 8)
-    return bytes(out)
-
-
-def stored_hashes(leaf_hashes: Sequence[bytes]) -> dict[NodeID, bytes]:
-    """The hash of every perfect subtree, recorded as :meth:`CompactRange.append` completes it."""
-    compact = CompactRange()
-    stored: dict[NodeID, bytes] = {}
-    for index, h in enumerate(leaf_hashes):
-        for level, completed in enumerate(compact.append(h)):
-            stored[NodeID(level, index >> level)] = completed
-    return stored
 
 
 def build_proof(
@@ -140,16 +125,16 @@ def inclusion_rejections(
     """Every way to alter a valid inclusion proof, with the error it must raise."""
     for i, h in enumerate(proof):
         bad = list(proof)
-        bad[i] = _flip_bit(h, (i * 67 + index) % 256)
+        bad[i] = flip_bit(h, (i * 67 + index) % 256)
         yield f"proof[{i}] bit flipped", (index, size, leaf, bad, root), RootMismatchError
     yield (
         "root bit flipped",
-        (index, size, leaf, proof, _flip_bit(root, index % 256)),
+        (index, size, leaf, proof, flip_bit(root, index % 256)),
         (RootMismatchError),
     )
     yield (
         "leaf bit flipped",
-        (index, size, _flip_bit(leaf, size % 256), proof, root),
+        (index, size, flip_bit(leaf, size % 256), proof, root),
         (RootMismatchError),
     )
     if proof:
@@ -177,16 +162,16 @@ def consistency_rejections(
     """Every way to alter a valid consistency proof, with the error it must raise."""
     for i, h in enumerate(proof):
         bad = list(proof)
-        bad[i] = _flip_bit(h, (i * 67 + size1) % 256)
+        bad[i] = flip_bit(h, (i * 67 + size1) % 256)
         yield f"proof[{i}] bit flipped", (size1, size2, root1, root2, bad), RootMismatchError
     yield (
         "root1 bit flipped",
-        (size1, size2, _flip_bit(root1, size2 % 256), root2, proof),
+        (size1, size2, flip_bit(root1, size2 % 256), root2, proof),
         (RootMismatchError),
     )
     yield (
         "root2 bit flipped",
-        (size1, size2, root1, _flip_bit(root2, size1 % 256), proof),
+        (size1, size2, root1, flip_bit(root2, size1 % 256), proof),
         (RootMismatchError),
     )
     if proof:
@@ -416,7 +401,7 @@ def test_consistency_sizes_out_of_order_are_rejected(size1: int, size2: int) -> 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 8, 300, MAX_SIZE])
 def test_equal_sizes_need_an_empty_proof_and_equal_roots(size: int) -> None:
     root = SparseTree(size - 1).root(size)
-    other = _flip_bit(root, 0)
+    other = flip_bit(root, 0)
     assert consistency_proof_nodes(size, size) == []
     assert consistency_proof_length(size, size) == 0
     verify_consistency(size, size, root, root, [])
@@ -457,7 +442,7 @@ def test_sampled_inclusion_proof(case: tuple[int, int], rnd: random.Random) -> N
     check_inclusion_rejections(index, size, leaf, proof, root)
     for i, h in enumerate(proof):
         bad = list(proof)
-        bad[i] = _flip_bit(h, rnd.randrange(8 * HASH_SIZE))
+        bad[i] = flip_bit(h, rnd.randrange(8 * HASH_SIZE))
         with pytest.raises(RootMismatchError):
             verify_inclusion(index, size, leaf, bad, root)
 
@@ -474,7 +459,7 @@ def test_sampled_consistency_proof(case: tuple[int, int], rnd: random.Random) ->
     check_consistency_rejections(size1, size2, root1, root2, proof)
     for i, h in enumerate(proof):
         bad = list(proof)
-        bad[i] = _flip_bit(h, rnd.randrange(8 * HASH_SIZE))
+        bad[i] = flip_bit(h, rnd.randrange(8 * HASH_SIZE))
         with pytest.raises(RootMismatchError):
             verify_consistency(size1, size2, root1, root2, bad)
 

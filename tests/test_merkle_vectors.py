@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from merkle_support import flip_bit, stored_hashes
 from rfc6962_reference import ReferenceTree
 
 from sealog.client.compact import CompactRange
@@ -53,22 +54,6 @@ def _b64_list(texts: Sequence[str] | None) -> list[bytes]:
     return [_b64(t) for t in texts or []]
 
 
-def _flip_bit(data: bytes, bit: int) -> bytes:
-    out = bytearray(data)
-    out[bit // 8] ^= 0x80 >> (bit % 8)
-    return bytes(out)
-
-
-def _stored_hashes(leaf_hashes: Sequence[bytes]) -> dict[NodeID, bytes]:
-    """The hash of every perfect subtree, as a log stores them while it appends."""
-    compact = CompactRange()
-    stored: dict[NodeID, bytes] = {}
-    for index, h in enumerate(leaf_hashes):
-        for level, completed in enumerate(compact.append(h)):
-            stored[NodeID(level, index >> level)] = completed
-    return stored
-
-
 def _prove(groups: Sequence[tuple[NodeID, ...]], stored: dict[NodeID, bytes]) -> list[bytes]:
     return [fold_subtree([stored[node] for node in group]) for group in groups]
 
@@ -79,7 +64,7 @@ TREE8 = _load("rfc6962_8leaf_reference.json")
 LEAVES8 = [bytes.fromhex(h) for h in TREE8["leaves_hex"]]
 ROOTS8 = [bytes.fromhex(h) for h in TREE8["roots_by_size_hex"]]
 NODES8 = [[bytes.fromhex(h) for h in level] for level in TREE8["node_hashes_by_level_hex"]]
-STORED8 = _stored_hashes([leaf_hash(leaf) for leaf in LEAVES8])
+STORED8 = stored_hashes([leaf_hash(leaf) for leaf in LEAVES8])
 REFERENCE8 = ReferenceTree(LEAVES8)
 
 
@@ -179,7 +164,7 @@ RFC_NODES = {
 }  # fmt: skip
 LEAVES7 = [f"d{i}".encode() for i in range(7)]
 REFERENCE7 = ReferenceTree(LEAVES7)
-STORED7 = _stored_hashes([leaf_hash(leaf) for leaf in LEAVES7])
+STORED7 = stored_hashes([leaf_hash(leaf) for leaf in LEAVES7])
 
 
 def _named(names: str) -> list[bytes]:
@@ -290,7 +275,7 @@ def test_rekor_entry_is_included() -> None:
 
 def test_rekor_entry_with_a_flipped_leaf_bit_fails() -> None:
     for bit in (0, 7, 8 * len(REKOR_LEAF) // 2, 8 * len(REKOR_LEAF) - 1):
-        tampered = leaf_hash(_flip_bit(REKOR_LEAF, bit))
+        tampered = leaf_hash(flip_bit(REKOR_LEAF, bit))
         with pytest.raises(RootMismatchError) as caught:
             verify_inclusion(645, 646, tampered, REKOR_PROOF, REKOR_ROOT)
         assert caught.value.expected == REKOR_ROOT
@@ -299,13 +284,13 @@ def test_rekor_entry_with_a_flipped_leaf_bit_fails() -> None:
 @pytest.mark.parametrize("element", range(4))
 def test_rekor_entry_with_a_flipped_proof_bit_fails(element: int) -> None:
     proof = list(REKOR_PROOF)
-    proof[element] = _flip_bit(proof[element], 8 * element + 3)
+    proof[element] = flip_bit(proof[element], 8 * element + 3)
     with pytest.raises(RootMismatchError):
         verify_inclusion(645, 646, leaf_hash(REKOR_LEAF), proof, REKOR_ROOT)
 
 
 def test_rekor_entry_against_a_flipped_root_fails() -> None:
-    root = _flip_bit(REKOR_ROOT, 255)
+    root = flip_bit(REKOR_ROOT, 255)
     with pytest.raises(RootMismatchError) as caught:
         verify_inclusion(645, 646, leaf_hash(REKOR_LEAF), REKOR_PROOF, root)
     assert caught.value.calculated == REKOR_ROOT
