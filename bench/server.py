@@ -732,7 +732,15 @@ def fill(target: str, vkey: str, entries: int, payload_bytes: int, threads: int)
 
 
 # --- disk --------------------------------------------------------------------------
-TABLES = ("entries", "hashes", "leaf_index", "idempotency", "by_identity", "meta")
+TABLES = (
+    "entries",
+    "hashes",
+    "leaf_index",
+    "idempotency",
+    "pending_digests",
+    "by_identity",
+    "meta",
+)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,19 @@
 ``fsck`` trusts nothing stored except the leaves and the key it is given. It
 re-parses and re-hashes every leaf, recomputes every stored node hash and the
 root, checks the three indexes against the entries, and verifies the stored
-checkpoint's signature and root. The leaf-hash and idempotency indexes must
-hold every leaf below ``indexed_upto`` (later ones may still be waiting in
-the server's memory, docs/storage.md); whatever they hold must be right, and
-no two leaves may carry the same idempotency key digest. Each problem is
-reported with its place (table, index, level). There is no repair: a log that
-fails fsck is evidence.
+checkpoint's signature and root. The leaf-hash index must hold every leaf
+below ``indexed_upto`` (later ones may still be waiting in the server's
+memory, docs/storage.md), and so must the idempotency index every key digest
+kept for a leaf below it; whatever they hold must be right, and no two leaves
+may carry the same idempotency key digest. The index by identity must record
+exactly the start of every run of consecutive leaves of one identity and
+time. Each problem is reported with its place (table, group and slot or
+index, level). There is no repair: a log that fails fsck is evidence.
+
+A key digest is stored nowhere but in the idempotency index (or, until a
+flush, with its batch), so fsck cannot tell a deleted or altered idempotency
+record from a leaf appended with another key or none; such damage only lets a
+retry append its entry again, and never touches the signed tree.
 """
 
 from __future__ import annotations
@@ -26,19 +33,24 @@ from sealog.client.note import NoteVerifier
 from sealog.client.proof import NodeID
 from sealog.server.progress import Progress
 from sealog.server.storage import (
-    DIGEST_BYTES,
     FORMAT_VERSION,
+    GROUP_NODES,
     META_FORMAT,
     META_ORIGIN,
     ReadSnapshot,
     StorageCorruptError,
-    hash_count,
     identity_prefix,
+    is_stored,
+    node_at,
+    stored_before,
 )
 
 __all__ = ["FsckReport", "fsck"]
 
 _LEAF_PREFIX_BYTES = 8
+_OTHER_FORMATS = b"sealog-lmdb-"
+_UNKNOWN = ("", -1)
+"""The identity and time of a leaf fsck could not read."""
 
 
 @dataclass
@@ -80,6 +92,9 @@ def fsck(
     """Check one snapshot of a log completely; see the module docstring."""
     report = FsckReport()
     root = _check_meta(snapshot, verifier, origin, report)
+    fmt = snapshot.meta(META_FORMAT)
+    if fmt != FORMAT_VERSION and fmt is not None and fmt.startswith(_OTHER_FORMATS):
+        return report  # another layout: reading it as this one would only be noise
     identities = _IdentityRecords(snapshot)
     _check_tree(snapshot, report, root, progress, max_problems, identities)
     if len(report.problems) < max_problems:  # else the tree check stopped half-way
@@ -93,7 +108,11 @@ def _check_meta(
 ) -> bytes | None:
     fmt = snapshot.meta(META_FORMAT)
     if fmt != FORMAT_VERSION:
-        report.add(f"meta[format]: {fmt!r}, want {FORMAT_VERSION!r}")
+        other = fmt is not None and fmt.startswith(_OTHER_FORMATS)
+        report.add(
+            f"meta[format]: {fmt!r}, want {FORMAT_VERSION!r}"
+            + (" (another storage format: nothing else is checked)" if other else "")
+        )
     stored_origin = snapshot.meta(META_ORIGIN)
     note = snapshot.checkpoint()
     if stored_origin is None:
@@ -136,30 +155,67 @@ def _check_meta(
     return signed.checkpoint.root_hash
 
 
-class _HashRecords:
-    """The ``hashes`` table in index order, looked up in step with the entries."""
+def _where(position: int) -> str:
+    group, slot = divmod(position, GROUP_NODES)
+    return f"hashes[{group}][{slot}]"
+
+
+def _what(level: int, index: int) -> str:
+    """The node of ``level`` completed by leaf ``index``, in words."""
+    if level == 0:
+        return f"leaf hash of entries[{index}]"
+    first = (index >> level) << level
+    return f"node level {level} index {index >> level}, over entries[{first}..{index}]"
+
+
+class _StoredHashes:
+    """The ``hashes`` table in position order, taken in step with the entries."""
 
     def __init__(self, records: Iterator[tuple[int, bytes]], report: FsckReport) -> None:
         self._records = records
         self._report = report
-        self._head = next(records, None)
+        self._taken = -1
+        self._head = self._next()
 
-    def take(self, index: int) -> bytes | None:
-        """The record of leaf ``index``, reporting records before it that no entry claimed."""
-        while self._head is not None and self._head[0] < index:
-            self._report.add(f"hashes[{self._head[0]}]: record with no entry")
-            self._head = next(self._records, None)
-        if self._head is None or self._head[0] != index:
+    def _next(self) -> tuple[int, bytes] | None:
+        for group, value in self._records:
+            if group < 0:
+                self._report.add(f"hashes: a record with a malformed key ({_hex(value)})")
+            elif len(value) != 33 or value[0] >= GROUP_NODES:
+                self._report.add(
+                    f"hashes[{group}]: a malformed value of {len(value)} bytes ({_hex(value)}), "
+                    f"want a slot below {GROUP_NODES} and a 32-byte hash"
+                )
+            else:
+                return group * GROUP_NODES + value[0], value[1:]
+        return None
+
+    def _extra(self, position: int) -> None:
+        if position == self._taken:
+            self._report.add(f"{_where(position)}: a second value in the same slot")
+            return
+        level, index = node_at(position)
+        last = ((index + 1) << level) - 1
+        self._report.add(f"{_where(position)}: stored with no entry ({_what(level, last)})")
+
+    def take(self, position: int) -> bytes | None:
+        """The hash at ``position``, reporting stored ones before it that no entry claimed."""
+        while self._head is not None and self._head[0] < position:
+            self._extra(self._head[0])
+            self._head = self._next()
+        if self._head is None or self._head[0] != position:
             return None
         value = self._head[1]
-        self._head = next(self._records, None)
+        self._taken = position
+        self._head = self._next()
         return value
 
     def rest(self) -> list[int]:
-        """The indices of the records not taken."""
-        out = [] if self._head is None else [self._head[0]]
-        out.extend(i for i, _ in self._records)
-        self._head = None
+        """The positions of the hashes not taken."""
+        out = []
+        while self._head is not None:
+            out.append(self._head[0])
+            self._head = self._next()
         return out
 
 
@@ -174,7 +230,7 @@ def _check_tree(
     size = report.size
     bar = Progress("fsck", size, enabled=progress)
     tree = CompactRange()
-    records = _HashRecords(snapshot.iter_hash_records(), report)
+    stored_hashes = _StoredHashes(snapshot.iter_hash_records(), report)
     expected = 0  # one past the highest entry index seen
     stored = 0
     broken = False  # the tree cannot be recomputed any further
@@ -188,7 +244,8 @@ def _check_tree(
             continue
         if index > expected:
             report.add(f"entries[{expected}..{index - 1}]: missing")
-            broken = broken or not _bridge(tree, records, min(index, size), report)
+            identities.gap()
+            broken = broken or not _bridge(tree, stored_hashes, min(index, size), report)
             if not broken and tree.size == size and root is not None:
                 _check_root(tree, root, report)
             broken = broken or tree.size != index
@@ -196,6 +253,7 @@ def _check_tree(
             parsed = Leaf.parse(leaf)
         except SealogError as e:
             report.add(f"entries[{index}]: {e}")
+            identities.gap()
         else:
             if parsed.accepted_at_ms < last_ms:
                 report.add(
@@ -207,7 +265,7 @@ def _check_tree(
                 identities.check(parsed, index)
         if not broken:
             completed = tree.append(leaf_hash(leaf))
-            _check_hash_record(records.take(index), index, completed, report)
+            _check_completed(stored_hashes, index, completed, report)
             if index + 1 == size and root is not None:
                 _check_root(tree, root, report)
         stored += 1
@@ -228,53 +286,58 @@ def _check_tree(
     if size == 0 and root is not None:
         _check_root(tree, root, report)
     if not broken:
-        extra = records.rest()
+        extra = stored_hashes.rest()
         if extra:
-            report.add(f"hashes[{extra[0]}..{extra[-1]}]: records with no entry")
+            report.add(
+                f"hashes: {len(extra)} stored hashes with no entry, "
+                f"{_where(extra[0])} to {_where(extra[-1])}"
+            )
 
 
-def _bridge(tree: CompactRange, records: _HashRecords, end: int, report: FsckReport) -> bool:
+def _bridge(tree: CompactRange, stored: _StoredHashes, end: int, report: FsckReport) -> bool:
     """Carry the tree over missing entries ``[tree.size, end)`` with their stored leaf hashes.
 
-    Return False (the tree cannot be recomputed further) when a hash record is
+    Return False (the tree cannot be recomputed further) when a leaf hash is
     missing too. Stored hashes are only trusted this far: the root check still
     compares the result with the signed checkpoint.
     """
     for index in range(tree.size, end):
-        stored = records.take(index)
-        if stored is None or len(stored) < 32:
+        position = stored_before(index)
+        h = stored.take(position)
+        if h is None:
             report.add(
-                f"hashes[{index}]: missing too, so the tree cannot be recomputed past index {index}"
+                f"{_where(position)} (leaf hash of the missing entries[{index}]): missing too, "
+                f"so the tree cannot be recomputed past index {index}"
             )
             return False
-        _check_hash_record(stored, index, tree.append(stored[:32]), report)
+        _check_completed(stored, index, tree.append(h), report, leaf_taken=True)
     return True
 
 
-def _check_hash_record(
-    stored: bytes | None, index: int, completed: list[bytes], report: FsckReport
+def _check_completed(
+    stored: _StoredHashes,
+    index: int,
+    completed: list[bytes],
+    report: FsckReport,
+    *,
+    leaf_taken: bool = False,
 ) -> None:
-    if stored is None:
-        report.add(f"hashes[{index}]: missing")
-        return
-    n = 32 * len(completed)
-    if len(stored) not in (n, n + DIGEST_BYTES):
-        report.add(
-            f"hashes[{index}]: {len(stored)} bytes, want {n} or {n + DIGEST_BYTES} "
-            f"(levels 0..{len(completed) - 1}, then a {DIGEST_BYTES}-byte key digest or nothing)"
-        )
+    """Compare the stored hashes of the nodes leaf ``index`` completes with ``completed``,
+    recomputed from the entries (levels that are not stored have nothing to compare)."""
+    position = stored_before(index)
     for level, h in enumerate(completed):
-        got = stored[32 * level : 32 * level + 32]
-        if got and not hmac.compare_digest(got, h):
-            if level == 0:
-                what = f"leaf hash of entries[{index}]"
-            else:
-                first = (index >> level) << level
-                what = f"node level {level} index {index >> level}, over entries[{first}..{index}]"
-            report.add(
-                f"hashes[{index}] level {level} ({what}): stored {_hex(got)}, "
-                f"recomputed from entries {_hex(h)}"
-            )
+        if not is_stored(level):
+            continue
+        if level == 0 and leaf_taken:
+            position += 1
+            continue
+        got = stored.take(position)
+        where = f"{_where(position)} level {level} ({_what(level, index)})"
+        if got is None:
+            report.add(f"{where}: missing")
+        elif not hmac.compare_digest(got, h):
+            report.add(f"{where}: stored {_hex(got)}, recomputed from entries {_hex(h)}")
+        position += 1
 
 
 def _check_root(tree: CompactRange, root: bytes, report: FsckReport) -> None:
@@ -287,15 +350,27 @@ def _check_root(tree: CompactRange, root: bytes, report: FsckReport) -> None:
 
 
 class _IdentityRecords:
-    """Checks, entry by entry, that the index by identity has the entry's record."""
+    """Checks, entry by entry, that the index by identity records the start of every run
+    of consecutive leaves of one identity and time."""
 
     def __init__(self, snapshot: ReadSnapshot) -> None:
         self._snapshot = snapshot
         self._prefixes: dict[str, bytes] = {}
+        self._previous: tuple[str, int] | None = None
+        """The identity and time of the leaf before; None before the first one."""
         self.missing = 0
         self.first = -1
 
+    def gap(self) -> None:
+        """The leaf before the next one is missing or unreadable: whether a run starts at
+        the next leaf cannot be told."""
+        self._previous = _UNKNOWN
+
     def check(self, leaf: Leaf, index: int) -> None:
+        run = (leaf.identity, leaf.accepted_at_ms)
+        previous, self._previous = self._previous, run
+        if previous in (run, _UNKNOWN):
+            return  # the run goes on (or cannot be told): no record of its own
         prefix = self._prefixes.get(leaf.identity)
         if prefix is None:
             if len(self._prefixes) > 4096:
@@ -312,7 +387,8 @@ class _IdentityRecords:
     def report(self, report: FsckReport) -> None:
         if self.missing:
             report.add(
-                f"by_identity: no record for {self.missing} leaves (first: index {self.first})"
+                f"by_identity: no record for {self.missing} runs of leaves "
+                f"(first: the run from index {self.first})"
             )
 
 
@@ -329,9 +405,19 @@ def _check_indexes(snapshot: ReadSnapshot, report: FsckReport) -> None:
         try:
             stored = snapshot.read_hashes([NodeID(0, index)])[0]
         except SealogError:
-            continue  # the hash record is broken; the tree check reports it
+            continue  # the leaf hash is missing; the tree check reports it
         if stored[:_LEAF_PREFIX_BYTES] != prefix:
             report.add(f"leaf_index[{_hex(prefix)}]: points to {index}, whose leaf hash differs")
+    _check_idempotency(snapshot, report, n)
+    _check_pending_digests(snapshot, report, n, upto)
+    _check_leaf_index_completeness(snapshot, report, upto)
+    _check_identity_index(snapshot, report, n)
+
+
+def _check_idempotency(snapshot: ReadSnapshot, report: FsckReport, n: int) -> None:
+    """Every record names a stored leaf; no digest names two leaves, no leaf has two digests."""
+    named = bytearray((n + 7) // 8)
+    previous: tuple[bytes, int] | None = None
     for digest, index in snapshot.iter_idempotency():
         if index < 0:
             report.add(f"idempotency[{_hex(digest)}]: a malformed record")
@@ -339,65 +425,73 @@ def _check_indexes(snapshot: ReadSnapshot, report: FsckReport) -> None:
         if not index < n:
             report.add(f"idempotency[{_hex(digest)}]: points to {index}, beyond the stored leaves")
             continue
-        try:
-            stored_digest = snapshot.key_digest(index)
-        except SealogError:
-            continue  # the hash record is broken; the tree check reports it
-        if stored_digest is None or stored_digest[: len(digest)] != digest:
+        if previous is not None and previous[0] == digest:
             report.add(
-                f"idempotency[{_hex(digest)}]: points to {index}, "
-                + (
-                    "which has no key digest"
-                    if stored_digest is None
-                    else "whose key digest differs"
-                )
+                f"idempotency[{_hex(digest)}]: points to {previous[1]} and to {index}: "
+                "the key was used twice"
             )
-    _check_index_completeness(snapshot, report, n, upto)
-    _check_identity_index(snapshot, report, n)
+        bit = 1 << (index & 7)
+        if named[index >> 3] & bit:
+            report.add(f"idempotency[{_hex(digest)}]: points to {index}, which has another key")
+        named[index >> 3] |= bit
+        previous = digest, index
 
 
-def _check_index_completeness(
-    snapshot: ReadSnapshot, report: FsckReport, n: int, upto: int
-) -> None:
-    """Every leaf below ``upto`` is in both indexes; no key digest is stored twice."""
-    missing = missing_digests = 0
-    first = first_digest = -1
-    tail_digests: dict[bytes, int] = {}
-    for index, record in snapshot.iter_hash_records():
-        if not 0 <= index < n or len(record) < 32:
-            continue
-        if index < upto and snapshot.find_leaf_hash(record[:32], below=index + 1) is None:
-            missing += 1
-            first = index if first < 0 else first
-        digest = _record_digest(index, record)
-        if digest is None:
+def _check_pending_digests(snapshot: ReadSnapshot, report: FsckReport, n: int, upto: int) -> None:
+    """The key digests kept for leaves not indexed yet: each names a stored leaf, no two
+    leaves share one, and those below ``indexed_upto`` are in the index."""
+    missing = 0
+    first = -1
+    seen: dict[bytes, int] = {}
+    pending = snapshot.iter_pending_digests()
+    while True:
+        try:
+            item = next(pending, None)
+        except StorageCorruptError as e:
+            report.add(str(e))
+            break
+        if item is None:
+            break
+        index, digest = item
+        if not index < n:
+            report.add(f"pending_digests: a key digest for leaf {index}, beyond the stored leaves")
             continue
         found = snapshot.find_idempotency(digest)
-        if index >= upto:
-            found = tail_digests.setdefault(digest, index) if found is None else found
-        if found is None:
-            missing_digests += 1
-            first_digest = index if first_digest < 0 else first_digest
-        elif found != index:
+        earlier = seen.setdefault(digest, index)
+        other = earlier if earlier != index else found
+        if other is not None and other != index:
             report.add(
-                f"hashes[{index}]: the same idempotency key digest as leaf {found} "
-                f"({_hex(digest)}): the key was used twice"
+                f"pending_digests: leaf {index} has the same idempotency key digest as leaf "
+                f"{other} ({_hex(digest)}): the key was used twice"
             )
+        elif found is None and index < upto:
+            missing += 1
+            first = index if first < 0 else first
+    if missing:
+        report.add(f"idempotency: no record for {missing} key digests (first: leaf {first})")
+
+
+def _check_leaf_index_completeness(snapshot: ReadSnapshot, report: FsckReport, upto: int) -> None:
+    """Every leaf below ``upto`` is in the leaf-hash index."""
+    missing = 0
+    first = -1
+    for index, stored in snapshot.iter_leaf_hashes(0, upto):
+        if stored is None:
+            continue  # the tree check reports it
+        try:
+            found = snapshot.find_leaf_hash(stored, below=index + 1)
+        except StorageCorruptError:
+            found = None
+        if found is None:
+            missing += 1
+            first = index if first < 0 else first
     if missing:
         report.add(f"leaf_index: no record for {missing} leaves (first: index {first})")
-    if missing_digests:
-        report.add(
-            f"idempotency: no record for {missing_digests} key digests (first: leaf {first_digest})"
-        )
-
-
-def _record_digest(index: int, record: bytes) -> bytes | None:
-    n = 32 * hash_count(index)
-    return record[n:] if len(record) == n + DIGEST_BYTES else None
 
 
 def _check_identity_index(snapshot: ReadSnapshot, report: FsckReport, n: int) -> None:
-    """Every record of the index by identity names a leaf of that identity and time."""
+    """Every record of the index by identity names the first leaf of a run of that
+    identity and time."""
     for prefix, ms, index in snapshot.iter_identity_index():
         if index < 0:
             report.add(f"by_identity[{_hex(prefix)}]: a malformed record")
@@ -412,3 +506,15 @@ def _check_identity_index(snapshot: ReadSnapshot, report: FsckReport, n: int) ->
             continue  # a missing or malformed entry: the tree check reports it
         if identity_prefix(leaf.identity) != prefix or leaf.accepted_at_ms != ms:
             report.add(f"{where}: points to {index}, whose identity or time differs")
+            continue
+        if index == 0:
+            continue
+        try:
+            before = Leaf.parse(snapshot.leaf(index - 1))
+        except SealogError:
+            continue
+        if (before.identity, before.accepted_at_ms) == (leaf.identity, leaf.accepted_at_ms):
+            report.add(
+                f"{where}: entries[{index - 1}] has the same identity and time, "
+                f"so no run starts at {index}"
+            )

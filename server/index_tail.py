@@ -1,10 +1,10 @@
 """The leaves the leaf-hash and idempotency indexes do not hold yet, kept in memory.
 
-The sequencer commits each batch of leaves with their hash records and the
-index by identity only; it writes the two hash-keyed indexes later, in large
-sorted batches (docs/storage.md, "Deferred indexing"). Until then every leaf
-from ``indexed_upto`` on is in this tail: its leaf hash and its idempotency
-key digest, in dictionaries.
+The sequencer commits each batch of leaves with their node hashes, their key
+digests (kept with the batch) and the index by identity only; it writes the
+two hash-keyed indexes later, in large sorted batches (docs/storage.md,
+"Deferred indexing"). Until then every leaf from ``indexed_upto`` on is in
+this tail: its leaf hash and its idempotency key digest, in dictionaries.
 
 The tail is made of segments: the *active* one, which the sequencer adds each
 leaf to *before* the batch that holds it commits, and, while a flush is

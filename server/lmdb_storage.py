@@ -1,24 +1,31 @@
 """The LMDB implementation of :mod:`sealog.server.storage` (docs/storage.md).
 
-One LMDB environment (a folder) holds six tables, every integer a big-endian
-uint64 so LMDB's key order is index order and appends can use ``append=True``:
+One LMDB environment (a folder) holds seven tables, every integer a big-endian
+uint64 so LMDB's key order is index order and appends can use ``append=True``
+(``MDB_APPENDDUP`` in tables of sorted duplicates):
 
 - ``entries``: leaf index -> leaf bytes
-- ``hashes``: leaf index -> the 32-byte hashes of the nodes that leaf completes,
-  level 0 first (see :func:`~sealog.server.storage.hash_location`), then the
-  16-byte digest of its idempotency key if it had one
+- ``hashes``: group number -> sorted duplicates of a 1-byte slot and a 32-byte
+  node hash, :data:`~sealog.server.storage.GROUP_NODES` of them per group, in
+  the order the nodes were completed (see
+  :func:`~sealog.server.storage.hash_location`); nodes of levels 1 to
+  :data:`~sealog.server.storage.RECOMPUTED_LEVELS` are recomputed from leaf hashes
 - ``leaf_index``: the first 2 bytes of a leaf hash -> sorted duplicates of the
   next 6 bytes and the leaf index (the full hash is compared in ``hashes``)
 - ``idempotency``: the first 2 bytes of a key digest -> sorted duplicates of the
-  next 6 bytes and the leaf index (the full digest is compared in ``hashes``)
+  other 14 bytes and the leaf index (an exact match: nothing to confirm)
+- ``pending_digests``: the first leaf index of a batch -> the ``(leaf index,
+  key digest)`` pairs of its leaves that had an idempotency key, kept until an
+  index flush puts them in ``idempotency``
 - ``by_identity``: the first 8 bytes of SHA-256(identity) -> sorted duplicates
-  of accepted_at_ms and the leaf index
+  of accepted_at_ms and the first leaf index of a run of leaves of that identity
+  and time
 - ``meta``: the signed checkpoint and its tree size, ``indexed_upto``, the
   origin, the storage format version, witness cosignatures
 
-``entries``, ``hashes``, ``by_identity`` and the checkpoint are written in the
-sequencer's batch; ``leaf_index`` and ``idempotency`` later, in large sorted
-batches (docs/storage.md, "Deferred indexing").
+``entries``, ``hashes``, ``pending_digests``, ``by_identity`` and the checkpoint
+are written in the sequencer's batch; ``leaf_index`` and ``idempotency`` later,
+in large sorted batches (docs/storage.md, "Deferred indexing").
 
 Commits are durable (LMDB's default ``sync``). The map grows by doubling when
 it fills: the writer waits until no transaction is open in this process,
@@ -35,24 +42,33 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from hashlib import sha256 as _sha256
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import lmdb
 
+from sealog.client.hashing import node_hash
 from sealog.client.proof import NodeID
 from sealog.server.storage import (
     DIGEST_BYTES,
+    FORMAT_VERSION,
+    GROUP_NODES,
     META_COSIGNATURES,
+    META_FORMAT,
     META_INDEXED_UPTO,
     META_SIZE,
+    RECOMPUTED_LEVELS,
     RetryBatchError,
     StorageCorruptError,
     StorageUnavailableError,
     hash_count,
+    hash_position,
+    stored_before,
 )
 
 __all__ = ["LmdbStorage"]
@@ -67,9 +83,23 @@ _CACHE_NODES_BITS = 16
 _MAX_CACHED_NODES = 1 << 18
 _BUCKET = 2
 """Bytes of a hash (or digest) that key the leaf-hash (and idempotency) index."""
-_REST = 6
-"""Bytes of the hash that follow the bucket in each index value, before the index."""
-_INDEX_VALUE = _REST + 8
+_LEAF_REST = 6
+"""Bytes of the leaf hash that follow the bucket in each leaf-hash index value."""
+_LEAF_VALUE = _LEAF_REST + 8
+_DIGEST_REST = DIGEST_BYTES - _BUCKET
+"""The rest of the key digest, after the bucket, in each idempotency index value."""
+_DIGEST_VALUE = _DIGEST_REST + 8
+_HASH_VALUE = 33
+"""A ``hashes`` value: the slot, then the hash."""
+_SLOTS = [bytes([slot]) for slot in range(GROUP_NODES)]
+_PENDING_ITEM = 8 + DIGEST_BYTES
+"""A ``pending_digests`` item: the leaf index, then the key digest."""
+_FIRST_STORED_LEVEL = RECOMPUTED_LEVELS + 1
+_WINDOW_GAP = 1 << (RECOMPUTED_LEVELS + 1)
+"""Recomputed nodes whose leaves are at most this far apart are read in one pass."""
+
+if GROUP_NODES > 256:
+    raise ImportError("GROUP_NODES must fit a slot in one byte")
 
 
 def _index(key: bytes) -> int:
@@ -84,18 +114,35 @@ def _stored_index(data: bytes, where: str) -> int:
     return int(_unpack(data)[0])
 
 
-def _index_pair(key: bytes, value: bytes) -> tuple[bytes, int]:
-    """A leaf-hash or idempotency index record as (8-byte prefix, index); -1 if malformed."""
-    if len(key) != _BUCKET or len(value) != _INDEX_VALUE:
+def _index_pair(key: bytes, value: bytes, rest: int) -> tuple[bytes, int]:
+    """A leaf-hash or idempotency index record as (hash prefix, index); -1 if malformed."""
+    if len(key) != _BUCKET or len(value) != rest + 8:
         return key + value, -1
-    return key + value[:_REST], int(_unpack(value[_REST:])[0])
+    return key + value[:rest], int(_unpack(value[rest:])[0])
 
 
-def _encode_index(pairs: Sequence[tuple[bytes, int]]) -> list[tuple[bytes, bytes]]:
+def _encode_index(pairs: Sequence[tuple[bytes, int]], rest: int) -> list[tuple[bytes, bytes]]:
     """Index records of ``(hash, index)`` pairs, in LMDB's order (pages are then met in order)."""
-    out = [(h[:_BUCKET], h[_BUCKET : _BUCKET + _REST] + _pack(i)) for h, i in pairs]
+    end = _BUCKET + rest
+    out = [(h[:_BUCKET], h[_BUCKET:end] + _pack(i)) for h, i in pairs]
     out.sort()
     return out
+
+
+def _where(position: int) -> str:
+    """The place of a stored hash, as fsck and errors name it: ``hashes[group][slot]``."""
+    group, slot = divmod(position, GROUP_NODES)
+    return f"hashes[{group}][{slot}]"
+
+
+def _fold(leaf_hashes: Sequence[bytes]) -> bytes:
+    """The root of a perfect subtree from its leaf hashes (a power of two of them)."""
+    if len(leaf_hashes) == 2:
+        return _sha256(b"\x01" + leaf_hashes[0] + leaf_hashes[1]).digest()
+    level = list(leaf_hashes)
+    while len(level) > 1:
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
 
 
 class _Slot:
@@ -179,12 +226,16 @@ class _TxnGate:
 class _Txn:
     """A read snapshot, or, when opened for writing, a write batch."""
 
-    __slots__ = ("_cursors", "_s", "_txn")
+    __slots__ = ("_cursors", "_hcur", "_pending", "_s", "_txn")
 
     def __init__(self, store: LmdbStorage, txn: Any) -> None:
         self._s = store
         self._txn = txn
         self._cursors: dict[int, Any] | None = None
+        self._pending: list[bytes] | None = None
+        """This batch's ``pending_digests`` items, written as one record at commit."""
+        self._hcur: Any = None
+        """The ``hashes`` cursor, the one most used."""
 
     # --- ReadSnapshot -------------------------------------------------
     def checkpoint(self) -> bytes | None:
@@ -206,27 +257,165 @@ class _Txn:
         return self.read_node_hashes([(n.level, n.index) for n in nodes])
 
     def read_node_hashes(self, nodes: Sequence[tuple[int, int]]) -> list[bytes]:
-        node = self._node
-        return [node(level, index) for level, index in nodes]
+        return self._read_nodes(nodes, 1 << 30, {})  # a write batch caches nothing
 
-    def _node(self, level: int, index: int) -> bytes:
-        record = ((index + 1) << level) - 1
-        value = self._txn.get(_pack(record), None, self._s._hashes)
-        offset = level << 5
-        if value is None or len(value) < offset + 32:
-            raise StorageCorruptError(
-                f"hashes: no stored hash for node level {level} index {index} (record {record})"
-            )
-        return value[offset : offset + 32]  # type: ignore[no-any-return]
+    def _read_nodes(
+        self, nodes: Sequence[tuple[int, int]], cache_level: int, cache: dict[int, bytes]
+    ) -> list[bytes]:
+        """The hashes of ``nodes``: those of levels from ``cache_level`` up through ``cache``,
+        other stored ones read, the rest recomputed from leaf hashes read in one pass."""
+        stored = self._stored_hash
+        out: list[bytes] = []
+        low: list[tuple[int, int, int]] | None = None
+        for level, index in nodes:
+            if level >= cache_level:
+                key = (index << 6) | level
+                h = cache.get(key)
+                if h is None:
+                    h = cache[key] = stored(level, index)
+                out.append(h)
+            elif level > RECOMPUTED_LEVELS:
+                out.append(stored(level, index))
+            else:
+                if low is None:
+                    low = []
+                low.append((index << level, level, len(out)))
+                out.append(b"")
+        if low is not None:
+            self._recompute(low, out)
+        return out
 
-    def _hash_record(self, index: int) -> bytes:
-        value = self._txn.get(_pack(index), db=self._s._hashes)
-        if value is None:
-            raise StorageCorruptError(f"hashes: no record for leaf {index}")
-        return bytes(value)
+    def _hashes_cursor(self) -> Any:
+        cur = self._hcur
+        if cur is None:
+            cur = self._hcur = self._txn.cursor(db=self._s._hashes)
+        return cur
 
-    def key_digest(self, index: int) -> bytes | None:
-        return _record_digest(index, self._hash_record(index))
+    def _stored_hash(self, level: int, index: int) -> bytes:
+        if level > RECOMPUTED_LEVELS:  # hash_position, inlined: this is the proofs' hot path
+            last = ((index + 1) << level) - 1
+            position = stored_before(last) + level - RECOMPUTED_LEVELS
+        else:
+            position = hash_position(level, index)
+        group, slot = divmod(position, GROUP_NODES)
+        cur = self._hcur
+        if cur is None:
+            cur = self._hashes_cursor()
+        if cur.set_range_dup(_pack(group), _SLOTS[slot]):
+            value = cur.value()
+            if len(value) == _HASH_VALUE and value[0] == slot:
+                return value[1:]  # type: ignore[no-any-return]
+        raise StorageCorruptError(
+            f"hashes: no stored hash for node level {level} index {index} (hashes[{group}][{slot}])"
+        )
+
+    def _recompute_in_block(
+        self, low: list[tuple[int, int, int]], start: int, end: int, out: list[bytes]
+    ) -> bool:
+        """:meth:`_recompute` when leaves ``[start, end)`` are in one block of
+        ``2 ** (RECOMPUTED_LEVELS + 1)`` leaves (every low node of an inclusion proof is):
+        no other stored node comes between their hashes, so they are consecutive values,
+        read after one seek. False, and nothing filled, if anything is amiss."""
+        count = end - start
+        group, slot = divmod(stored_before(start), GROUP_NODES)
+        cur = self._hashes_cursor()
+        if not cur.set_range_dup(_pack(group), _SLOTS[slot]):
+            return False
+        # The values are sorted and their positions unique: first and last in place, all are.
+        last = slot + count - 1
+        if last < GROUP_NODES:
+            values = list(islice(cur.iternext_dup(False, True), count))
+            if len(values) != count or values[-1][:1] != _SLOTS[last]:
+                return False
+        else:  # the block goes on in the next group
+            items = list(islice(cur.iternext(True, True), count))
+            if (
+                len(items) != count
+                or items[-1][0] != _pack(group + 1)
+                or items[-1][1][:1] != _SLOTS[last - GROUP_NODES]
+            ):
+                return False
+            values = [value for _, value in items]
+        # One key's duplicates all have the length of its first (MDB_DUPFIXED).
+        if (
+            values[0][:1] != _SLOTS[slot]
+            or len(values[0]) != _HASH_VALUE
+            or len(values[-1]) != _HASH_VALUE
+        ):
+            return False
+        for first, level, at in low:
+            i = first - start
+            if level == 0:
+                out[at] = values[i][1:]
+            elif level == 1:
+                out[at] = _sha256(b"\x01" + values[i][1:] + values[i + 1][1:]).digest()
+            elif level == 2:
+                left = _sha256(b"\x01" + values[i][1:] + values[i + 1][1:]).digest()
+                right = _sha256(b"\x01" + values[i + 2][1:] + values[i + 3][1:]).digest()
+                out[at] = _sha256(b"\x01" + left + right).digest()
+            else:
+                out[at] = _fold([v[1:] for v in values[i : i + (1 << level)]])
+        return True
+
+    def _recompute(self, low: list[tuple[int, int, int]], out: list[bytes]) -> None:
+        """Fill ``out[i]`` for each ``(first leaf, level, i)`` of ``low`` (levels up to
+        RECOMPUTED_LEVELS): the leaf hash itself, or the root over its leaf hashes."""
+        start = end = low[0][0]
+        for first, level, _ in low:
+            start = min(start, first)
+            end = max(end, first + (1 << level))
+        if start >> _FIRST_STORED_LEVEL == (end - 1) >> _FIRST_STORED_LEVEL and (
+            self._recompute_in_block(low, start, end, out)
+        ):
+            return
+        low.sort()
+        i = 0
+        while i < len(low):
+            start = low[i][0]
+            end = start + (1 << low[i][1])
+            j = i + 1
+            while j < len(low) and low[j][0] - end <= _WINDOW_GAP:
+                end = max(end, low[j][0] + (1 << low[j][1]))
+                j += 1
+            leaves = self._leaf_window(start, end)
+            for first, level, at in low[i:j]:
+                part = leaves[first - start : first - start + (1 << level)]
+                hashes = [h for h in part if h is not None]
+                if len(hashes) != len(part):
+                    missing = first + part.index(None)
+                    raise StorageCorruptError(
+                        f"hashes: node level {level} index {first >> level} needs the leaf hash "
+                        f"of leaf {missing} ({_where(stored_before(missing))}), which is not stored"
+                    )
+                out[at] = hashes[0] if level == 0 else _fold(hashes)
+            i = j
+
+    def _leaf_window(self, start: int, end: int) -> list[bytes | None]:
+        """The stored leaf hashes of leaves ``[start, end)``: one seek, then the values in
+        order (the nodes of higher levels between them are skipped)."""
+        position = stored_before(start)
+        group, slot = divmod(position, GROUP_NODES)
+        cur = self._hashes_cursor()
+        if cur.set_range_dup(_pack(group), _SLOTS[slot]):
+            out: list[bytes | None] = []
+            key = _pack(group)
+            leaf, want = start, position
+            for k, value in cur.iternext():
+                if k != key or len(value) != _HASH_VALUE or value[0] != slot:
+                    break  # damage: the slow path below says where
+                if position == want:
+                    out.append(value[1:])
+                    leaf += 1
+                    if leaf == end:
+                        return out
+                    want += hash_count(leaf - 1)
+                position += 1
+                slot += 1
+                if slot == GROUP_NODES:
+                    slot = 0
+                    group += 1
+                    key = _pack(group)
+        return [h for _, h in self.iter_leaf_hashes(start, end)]
 
     def leaf(self, index: int) -> bytes:
         value = self._txn.get(_pack(index), db=self._s._entries)
@@ -262,71 +451,112 @@ class _Txn:
             cur = cursors[id(db)] = self._txn.cursor(db=db)
         return cur
 
-    def _first_indexed(
-        self, db: Any, prefix: bytes, below: int, matches: Callable[[int], bool]
-    ) -> int | None:
-        """The smallest index ``< below`` under the 8-byte ``prefix`` of a bucketed index
-        for which ``matches`` (which compares the full hash or digest) is true."""
-        cur = self._cursor(db)
-        rest = prefix[_BUCKET:]
-        if not cur.set_range_dup(prefix[:_BUCKET], rest):
+    def find_leaf_hash(self, leaf_hash: bytes, below: int) -> int | None:
+        # Each candidate with the same 8 bytes is confirmed against the stored leaf hash.
+        cur = self._cursor(self._s._leaf_index)
+        rest = leaf_hash[_BUCKET:8]
+        if not cur.set_range_dup(leaf_hash[:_BUCKET], rest):
             return None
         while True:
             value = cur.value()
-            if len(value) != _INDEX_VALUE or value[:_REST] != rest:
+            if len(value) != _LEAF_VALUE or value[:_LEAF_REST] != rest:
                 return None
-            index = int(_unpack(value[_REST:])[0])
+            index = int(_unpack(value[_LEAF_REST:])[0])
             if index >= below:
                 return None
-            if matches(index):
+            if self._stored_hash(0, index) == leaf_hash:
                 return index
             if not cur.next_dup():
                 return None
 
-    def find_leaf_hash(self, leaf_hash: bytes, below: int) -> int | None:
-        def matches(index: int) -> bool:
-            return self._hash_record(index)[:32] == leaf_hash
-
-        return self._first_indexed(self._s._leaf_index, leaf_hash[:8], below, matches)
-
     def find_idempotency(self, key_digest: bytes) -> int | None:
-        # The common case, a key never seen, is answered by one cursor positioning.
+        # The value holds the whole digest: one cursor positioning answers, hit or miss.
         cur = self._cursor(self._s._idempotency)
-        if not cur.set_range_dup(key_digest[:_BUCKET], key_digest[_BUCKET:8]):
+        rest = key_digest[_BUCKET:DIGEST_BYTES]
+        if not cur.set_range_dup(key_digest[:_BUCKET], rest):
             return None
-        if cur.value()[:_REST] != key_digest[_BUCKET:8]:
+        value = cur.value()
+        if len(value) != _DIGEST_VALUE or value[:_DIGEST_REST] != rest:
             return None
+        return int(_unpack(value[_DIGEST_REST:])[0])
 
-        def matches(index: int) -> bool:
-            return _record_digest(index, self._hash_record(index)) == key_digest
-
-        return self._first_indexed(self._s._idempotency, key_digest[:8], 1 << 64, matches)
+    def iter_leaf_hashes(self, start: int, end: int) -> Iterator[tuple[int, bytes | None]]:
+        if start >= end:
+            return
+        leaf = start
+        want = stored_before(start)
+        with self._txn.cursor(db=self._s._hashes) as cur:
+            if cur.set_range(_pack(want // GROUP_NODES)):
+                for key, value in cur.iternext():
+                    if len(key) != 8 or len(value) != _HASH_VALUE or value[0] >= GROUP_NODES:
+                        continue  # malformed: it holds no leaf hash
+                    position = int(_unpack(key)[0]) * GROUP_NODES + value[0]
+                    while position > want:  # the value of this leaf is not there
+                        yield leaf, None
+                        leaf += 1
+                        if leaf == end:
+                            return
+                        want = stored_before(leaf)
+                    if position == want:
+                        yield leaf, bytes(value[1:])
+                        leaf += 1
+                        if leaf == end:
+                            return
+                        want = stored_before(leaf)
+        for missing in range(leaf, end):
+            yield missing, None
 
     def iter_pending_index(self, start: int, end: int) -> Iterator[tuple[int, bytes, bytes | None]]:
         if start >= end:
             return
-        with self._txn.cursor(db=self._s._hashes) as cur:
-            expected = start
-            if cur.set_key(_pack(start)):
-                for key, value in cur:
-                    index = _index(key)
-                    if index != expected or index >= end:
-                        break
-                    record = bytes(value)
-                    if len(record) < 32:
-                        raise StorageCorruptError(f"hashes[{index}]: {len(record)} bytes")
-                    yield index, record[:32], _record_digest(index, record)
-                    expected += 1
-            if expected < end:
-                raise StorageCorruptError(f"hashes: no record for leaf {expected}")
+        digests = {i: d for i, d in self.iter_pending_digests() if start <= i < end}
+        for index, hashed in self.iter_leaf_hashes(start, end):
+            if hashed is None:
+                raise StorageCorruptError(
+                    f"hashes: no leaf hash for leaf {index} ({_where(stored_before(index))})"
+                )
+            yield index, hashed, digests.get(index)
+
+    def iter_pending_digests(self) -> Iterator[tuple[int, bytes]]:
+        if self._s._pending is None:
+            return
+        previous = -1
+        with self._txn.cursor(db=self._s._pending) as cur:
+            for key, value in cur:
+                first = _index(key)
+                where = f"pending_digests[{first if first >= 0 else bytes(key).hex()}]"
+                if not value or len(value) % _PENDING_ITEM:
+                    raise StorageCorruptError(
+                        f"{where}: {len(value)} bytes, want a multiple of {_PENDING_ITEM} "
+                        f"(8-byte leaf index, {DIGEST_BYTES}-byte key digest)"
+                    )
+                if first < 0 or _unpack(value[:8])[0] != first:
+                    raise StorageCorruptError(f"{where}: the key is not its first leaf index")
+                for at in range(0, len(value), _PENDING_ITEM):
+                    index = int(_unpack(value[at : at + 8])[0])
+                    if index <= previous:
+                        raise StorageCorruptError(
+                            f"{where}: leaf {index} after leaf {previous}: not in order"
+                        )
+                    previous = index
+                    yield index, bytes(value[at + 8 : at + _PENDING_ITEM])
 
     def iter_by_identity(
         self, prefix: bytes, start_ms: int, start_index: int
     ) -> Iterator[tuple[int, int]]:
         if self._s._by_identity is None:
             return
+        target = _U64x2.pack(start_ms, start_index)
         with self._txn.cursor(db=self._s._by_identity) as cur:
-            if not cur.set_range_dup(prefix, _U64x2.pack(start_ms, start_index)):
+            # The run that holds start_index began at or before it: step back to the
+            # last record at or before the target when it has the same time.
+            if cur.set_range_dup(prefix, target):
+                if cur.value() != target and not (cur.prev_dup() and cur.value()[:8] == target[:8]):
+                    cur.set_range_dup(prefix, target)
+            elif cur.set_key(prefix) and cur.last_dup():
+                if cur.value()[:8] != target[:8]:
+                    return
+            else:
                 return
             for value in cur.iternext_dup():
                 if len(value) != 16:
@@ -351,11 +581,11 @@ class _Txn:
 
     def iter_leaf_index(self) -> Iterator[tuple[bytes, int]]:
         for key, value in self._iter(self._s._leaf_index):
-            yield _index_pair(key, value)
+            yield _index_pair(key, value, _LEAF_REST)
 
     def iter_idempotency(self) -> Iterator[tuple[bytes, int]]:
         for key, value in self._iter(self._s._idempotency):
-            yield _index_pair(key, value)
+            yield _index_pair(key, value, _DIGEST_REST)
 
     def iter_identity_index(self) -> Iterator[tuple[bytes, int, int]]:
         if self._s._by_identity is None:
@@ -381,16 +611,47 @@ class _Txn:
         node_hashes: Sequence[bytes],
         key_digest: bytes | None = None,
     ) -> None:
+        completed = len(node_hashes)
+        if completed != (index ^ (index + 1)).bit_length():
+            raise ValueError(
+                f"node_hashes: {completed} hashes, but leaf {index} completes "
+                f"{(index ^ (index + 1)).bit_length()} nodes (itself, one a trailing one bit)"
+            )
         key = _pack(index)
-        put = self._txn.put
-        if not put(key, leaf, db=self._s._entries, append=True, overwrite=False):
+        if not self._txn.put(key, leaf, db=self._s._entries, append=True, overwrite=False):
             raise StorageCorruptError(f"entries: leaf {index} already stored")
-        record = b"".join(node_hashes)
+        # Every stored node goes after the last one: MDB_APPENDDUP, pages filled to the end.
+        put = self._hashes_cursor().put
+        position = stored_before(index)
+        group, slot = divmod(position, GROUP_NODES)
+        if not put(_pack(group), _SLOTS[slot] + node_hashes[0], append=True):
+            raise StorageCorruptError(f"{_where(position)}: already stored")
+        if completed > _FIRST_STORED_LEVEL:
+            for h in node_hashes[_FIRST_STORED_LEVEL:]:
+                position += 1
+                group, slot = divmod(position, GROUP_NODES)
+                if not put(_pack(group), _SLOTS[slot] + h, append=True):
+                    raise StorageCorruptError(f"{_where(position)}: already stored")
         if key_digest is not None:
             if len(key_digest) != DIGEST_BYTES:
                 raise ValueError(f"key_digest: {len(key_digest)} bytes, want {DIGEST_BYTES}")
-            record += key_digest
-        put(key, record, db=self._s._hashes, append=True)
+            if self._pending is None:
+                self._pending = []
+            self._pending.append(key + key_digest)
+
+    def _finish(self) -> None:
+        """Write what the batch keeps until its commit: its key digests, one record."""
+        pending = self._pending
+        if pending:
+            if self._s._pending is None:
+                raise StorageCorruptError("pending_digests: no such table")
+            if not self._txn.put(
+                pending[0][:8], b"".join(pending), db=self._s._pending, append=True
+            ):
+                raise StorageCorruptError(
+                    f"pending_digests: a record at or after leaf {_index(pending[0][:8])}"
+                )
+        self._pending = None
 
     def index_identity(self, prefix: bytes, accepted_at_ms: int, index: int) -> None:
         value = _U64x2.pack(accepted_at_ms, index)
@@ -402,16 +663,31 @@ class _Txn:
     def index_leaves(
         self, leaf_hashes: Sequence[tuple[bytes, int]], digests: Sequence[tuple[bytes, int]]
     ) -> None:
-        for db, pairs in ((self._s._leaf_index, leaf_hashes), (self._s._idempotency, digests)):
+        for db, pairs, rest in (
+            (self._s._leaf_index, leaf_hashes, _LEAF_REST),
+            (self._s._idempotency, digests, _DIGEST_REST),
+        ):
             if pairs:
                 with self._txn.cursor(db=db) as cur:
-                    cur.putmulti(_encode_index(pairs), dupdata=True)
+                    cur.putmulti(_encode_index(pairs, rest), dupdata=True)
 
     def put_idempotency(self, key_digest: bytes, index: int) -> None:
         self.index_leaves((), [(key_digest, index)])
 
     def set_indexed_upto(self, index: int) -> None:
         self._txn.put(META_INDEXED_UPTO, _pack(index), db=self._s._meta)
+        if self._s._pending is None:
+            return
+        # The index holds these digests now. Records are whole batches; one that
+        # reaches past index stays (its leaves below are simply not read again).
+        with self._txn.cursor(db=self._s._pending) as cur:
+            while cur.first():
+                value = cur.value()
+                if len(value) < _PENDING_ITEM or len(value) % _PENDING_ITEM:
+                    break  # malformed: left for fsck to report
+                if _unpack(value[-_PENDING_ITEM:][:8])[0] >= index:
+                    break
+                cur.delete()
 
     def set_checkpoint(self, note: bytes, size: int) -> None:
         self.set_meta(_CHECKPOINT, note)
@@ -426,19 +702,6 @@ class _Txn:
 
     def set_cosignatures(self, value: bytes) -> None:
         self.set_meta(META_COSIGNATURES, value)
-
-
-def _record_digest(index: int, record: bytes) -> bytes | None:
-    """The key digest at the end of leaf ``index``'s hash record, None if it has none."""
-    n = 32 * hash_count(index)
-    if len(record) == n:
-        return None
-    if len(record) == n + DIGEST_BYTES:
-        return bytes(record[n:])
-    raise StorageCorruptError(
-        f"hashes[{index}]: {len(record)} bytes, want {n} or {n + DIGEST_BYTES} "
-        f"({n // 32} hashes, then a {DIGEST_BYTES}-byte key digest or nothing)"
-    )
 
 
 class _Snapshot(_Txn):
@@ -460,19 +723,7 @@ class _Snapshot(_Txn):
         # stored: they are kept in memory (LmdbStorage._node_cache), the rest read.
         store = self._s
         low = store._cache_from_level(self.size())
-        cache = store._node_cache
-        node = self._node
-        out = []
-        for level, index in nodes:
-            if level < low:
-                out.append(node(level, index))
-                continue
-            key = (index << 6) | level
-            h = cache.get(key)
-            if h is None:
-                h = cache[key] = node(level, index)
-            out.append(h)
-        return out
+        return self._read_nodes(nodes, low, store._node_cache)
 
     def __enter__(self) -> _Snapshot:
         store = self._s
@@ -493,7 +744,7 @@ class _Snapshot(_Txn):
         try:
             self._txn.abort()
         finally:
-            self._txn = self._cursors = None
+            self._txn = self._cursors = self._hcur = None
             self._s._gate.leave(self._slot)
 
 
@@ -533,13 +784,18 @@ class LmdbStorage:
         # Existing data files can be larger than the map size asked for.
         self._map_size = max(map_size, int(self._env.info()["map_size"]))
         open_db = self._env.open_db
-        create = not readonly
-        self._meta = open_db(b"meta", create=create)
+        self._meta = open_db(b"meta", create=not readonly)
+        # Tables are created in a new log or one of this format only: a log of
+        # another format is left as it is, for the log to refuse by its format.
+        with self._env.begin() as txn:
+            fmt = txn.get(META_FORMAT, db=self._meta)
+        create = not readonly and (fmt is None or bytes(fmt) == FORMAT_VERSION)
         self._entries = open_db(b"entries", create=create)
-        self._hashes = open_db(b"hashes", create=create)
+        self._hashes = open_db(b"hashes", dupsort=True, dupfixed=True, create=create)
         self._leaf_index = open_db(b"leaf_index", dupsort=True, dupfixed=True, create=create)
         self._idempotency = open_db(b"idempotency", dupsort=True, dupfixed=True, create=create)
-        self._by_identity = _open_optional(self._env, b"by_identity", readonly)
+        self._by_identity = _open_optional(self._env, b"by_identity", create, dupsort=True)
+        self._pending = _open_optional(self._env, b"pending_digests", create, dupsort=False)
 
     def _cache_from_level(self, size: int) -> int:
         """The lowest level whose nodes are cached: about 2^16 nodes at most for ``size``."""
@@ -567,7 +823,9 @@ class LmdbStorage:
         try:
             txn = self._env.begin(write=True)
             try:
-                yield _Txn(self, txn)
+                batch = _Txn(self, txn)
+                yield batch
+                batch._finish()
                 txn.commit()
             except lmdb.MapFullError:
                 txn.abort()
@@ -604,12 +862,13 @@ class LmdbStorage:
         self._env.close()
 
 
-def _open_optional(env: Any, name: bytes, readonly: bool) -> Any:
-    """Open a table of sorted duplicates; read-only, one that does not exist reads as empty."""
+def _open_optional(env: Any, name: bytes, create: bool, *, dupsort: bool) -> Any:
+    """Open a table a log of an older format may lack; without ``create``, one that does
+    not exist reads as empty (None)."""
     try:
-        return env.open_db(name, dupsort=True, dupfixed=True, create=not readonly)
+        return env.open_db(name, dupsort=dupsort, dupfixed=dupsort, create=create)
     except lmdb.NotFoundError:
-        if not readonly:
+        if create:
             raise
         return None
 

@@ -121,14 +121,15 @@ class Log:
         self._checkpoint_lock = threading.Lock()
         self._listeners: list[Callable[[bytes], None]] = []
         self._signers = (signer, *extra_signers)
-        tree, last_ms, tail = self._open()
+        tree, last_leaf, tail = self._open()
         self._sequencer = Sequencer(
             storage,
             self._signers,
             origin,
             tree,
             self.settings,
-            last_ms=last_ms,
+            last_ms=0 if last_leaf is None else last_leaf[1],
+            last_leaf=last_leaf,
             on_checkpoint=self._set_checkpoint,
             tail=tail,
             clock_ms=clock_ms,
@@ -136,11 +137,13 @@ class Log:
         self._sequencer.start()
 
     # --- opening ----------------------------------------------------------
-    def _open(self) -> tuple[CompactRange, int, IndexTail]:
+    def _open(self) -> tuple[CompactRange, tuple[str, int] | None, IndexTail]:
+        """The tree, the identity and acceptance time of its last leaf (None if it has
+        none), and the index tail."""
         with self.storage.read() as snap:
             note = snap.checkpoint()
         if note is None:
-            return self._create(), 0, IndexTail(0)
+            return self._create(), None, IndexTail(0)
         return self._check(note)
 
     def _create(self) -> CompactRange:
@@ -156,19 +159,19 @@ class Log:
         self._checkpoint = note
         return CompactRange()
 
-    def _check(self, note: bytes) -> tuple[CompactRange, int, IndexTail]:
+    def _check(self, note: bytes) -> tuple[CompactRange, tuple[str, int] | None, IndexTail]:
         """The startup self-check: cheap (O(log n) reads, not the whole tree), and strict.
 
         Storage that cannot be read as it must is a failed check too, never a crash.
         It also rebuilds the index tail: the leaves from ``indexed_upto`` on, read
-        in order from their hash records.
+        in order from their stored leaf hashes and the key digests kept for them.
         """
         try:
             return self._check_stored(note)
         except (StorageCorruptError, FormatError) as e:
             raise StartupCheckError(f"storage is damaged: {e}") from e
 
-    def _check_stored(self, note: bytes) -> tuple[CompactRange, int, IndexTail]:
+    def _check_stored(self, note: bytes) -> tuple[CompactRange, tuple[str, int] | None, IndexTail]:
         with self.storage.read() as snap:
             fmt = snap.meta(META_FORMAT)
             if fmt != FORMAT_VERSION:
@@ -209,10 +212,11 @@ class Log:
                     f"stored tree of size {cp.size} has root {tree.root().hex()}, "
                     f"the signed checkpoint says {cp.root_hash.hex()}"
                 )
-            last_ms = 0
+            last_leaf = None
             if cp.size:
                 # The frontier is made of stored hashes; tie the newest entry's own
-                # bytes to the signed root too, since its time seeds the clock.
+                # bytes to the signed root too, since its time seeds the clock and
+                # its identity and time the run the next leaf may continue.
                 last = cp.size - 1
                 leaf = snap.leaf(last)
                 try:
@@ -228,9 +232,10 @@ class Log:
                         f"entries[{last}] is not the leaf the signed checkpoint holds: {e}"
                     ) from e
                 try:
-                    last_ms = Leaf.parse(leaf).accepted_at_ms
+                    parsed = Leaf.parse(leaf)
                 except FormatError as e:
                     raise StartupCheckError(f"entries[{last}]: {e}") from e
+                last_leaf = parsed.identity, parsed.accepted_at_ms
             tail = IndexTail(upto)
             segment = tail.active
             try:
@@ -239,7 +244,7 @@ class Log:
             except StorageCorruptError as e:
                 raise StartupCheckError(f"rebuilding the index tail: {e}") from e
         self._checkpoint = note
-        return tree, last_ms, tail
+        return tree, last_leaf, tail
 
     def _set_checkpoint(self, note: bytes) -> None:
         with self._checkpoint_lock:
@@ -389,10 +394,13 @@ class Log:
 
         Only leaves with ``after_index < index < tree_size`` count (``after_index``
         -1 starts at the beginning); at most ``limit`` ``(index, leaf)`` pairs.
-        The index by identity only names candidates: each leaf's identity and
-        time are read from the leaf itself. Because acceptance times never go
-        backwards along the log, a page can start at the time of the leaf
-        ``after_index`` instead of scanning from ``since_ms``.
+        The index by identity records where each run of consecutive leaves of one
+        identity and time starts; the leaves of a run are read from its first on
+        (or from where the page starts, inside it) until the identity or the
+        time changes. It only names candidates: each leaf's identity and time are
+        read from the leaf itself. Because acceptance times never go backwards
+        along the log, a page can start at the time of the leaf ``after_index``
+        instead of scanning from ``since_ms``.
         """
         out: list[tuple[int, bytes]] = []
         with self.storage.read() as snap:
@@ -404,22 +412,24 @@ class Log:
                 after_ms = _parse(snap, after_index).accepted_at_ms
                 if after_ms >= since_ms:
                     start_ms, start_index = after_ms, after_index + 1
-            for ms, index in snap.iter_by_identity(
+            next_index = after_index + 1  # every leaf below it was returned or passed over
+            for ms, first in snap.iter_by_identity(
                 identity_prefix(identity), start_ms, start_index
             ):
-                if ms > until_ms or index >= tree_size:
+                if ms > until_ms or first >= tree_size:
                     break  # later records are later in time and in the log
-                if index <= after_index:
-                    continue
-                leaf = snap.leaf(index)
-                parsed = _parse(snap, index, leaf)
-                if parsed.identity != identity:
-                    continue  # another identity with the same prefix
-                if not since_ms <= parsed.accepted_at_ms <= until_ms:
-                    continue  # a record that does not match its leaf (fsck says so)
-                out.append((index, leaf))
-                if len(out) >= limit:
-                    break
+                index = max(first, next_index)
+                if ms < since_ms or index >= tree_size:
+                    continue  # a record out of order (fsck says so)
+                for leaf in snap.leaves(index, tree_size):
+                    parsed = _parse(snap, index, leaf)
+                    if parsed.identity != identity or parsed.accepted_at_ms != ms:
+                        break  # the run ended (or it was another identity's, same prefix)
+                    out.append((index, leaf))
+                    if len(out) >= limit:
+                        return out
+                    index += 1
+                next_index = max(next_index, index)
         return out
 
     # --- witness cosignatures -----------------------------------------------

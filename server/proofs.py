@@ -43,9 +43,16 @@ def inclusion_path(index: int, size: int) -> tuple[list[tuple[int, int]], list[i
         raise InvalidProofError(f"size: {size}, want 0 <= size < 2^63")
     if not 0 <= index < size:
         raise InvalidProofError(f"index: {index}, want 0 <= index < size {size}")
-    nodes: list[tuple[int, int]] = []
-    groups: list[int] = []
-    for level in range((size - 1).bit_length()):
+    levels = (size - 1).bit_length()
+    # Below the lowest level at which the node holding the leaf reaches past the
+    # tree's end, every sibling is a whole perfect subtree: those need no tests.
+    # That node's level is the higher of two: the highest bit in which index and
+    # size - 1 differ, plus one, and the trailing one bits of size - 1, plus one.
+    last = size - 1
+    whole = min(levels, max((index ^ last).bit_length(), (last ^ (last + 1)).bit_length()) - 1)
+    nodes = [(level, (index >> level) ^ 1) for level in range(whole)]
+    groups = [1] * whole
+    for level in range(whole, levels):
         sibling = (index >> level) ^ 1
         begin = sibling << level
         if begin >= size:
@@ -110,6 +117,23 @@ def consistency_path(size1: int, size2: int) -> tuple[list[tuple[int, int]], lis
     return nodes, groups
 
 
+_FOLDS: dict[bytes, bytes] = {}
+"""Recent folds of right-edge subtrees, by their input hashes. Every proof for the same
+tree size whose leaf is left of the same edge folds the same hashes: with this, once."""
+_MAX_FOLDS = 4096
+
+
+def _fold(hashes: list[bytes]) -> bytes:
+    """:func:`fold_subtree`, remembered: a pure function of the hashes, so always right."""
+    key = b"".join(hashes)
+    folded = _FOLDS.get(key)
+    if folded is None:
+        if len(_FOLDS) >= _MAX_FOLDS:
+            _FOLDS.clear()
+        folded = _FOLDS[key] = fold_subtree(hashes)
+    return folded
+
+
 def _folded(snapshot: ReadSnapshot, nodes: list[tuple[int, int]], groups: list[int]) -> list[bytes]:
     hashes = snapshot.read_node_hashes(nodes)
     if len(groups) == len(hashes):
@@ -117,7 +141,7 @@ def _folded(snapshot: ReadSnapshot, nodes: list[tuple[int, int]], groups: list[i
     out = []
     pos = 0
     for n in groups:
-        out.append(hashes[pos] if n == 1 else fold_subtree(hashes[pos : pos + n]))
+        out.append(hashes[pos] if n == 1 else _fold(hashes[pos : pos + n]))
         pos += n
     return out
 

@@ -2,12 +2,18 @@
 
 Append requests queue up. One thread takes everything queued (up to a batch
 size), and in one LMDB write transaction stores each new leaf with the node
-hashes it completes and its idempotency key digest, its record in the index
-by identity, and a newly signed checkpoint of the resulting tree; it commits
-durably and only then answers every request of the batch. A crash before the
-commit loses nothing that was acknowledged; a crash after it loses nothing at
-all. Everything the batch writes is appended at the end of its table (or of
-one identity's records), so its cost does not grow with the tree.
+hashes it completes and its idempotency key digest, a record in the index by
+identity for each run of leaves of one identity and time, and a newly signed
+checkpoint of the resulting tree; it commits durably and only then answers
+every request of the batch. A crash before the commit loses nothing that was
+acknowledged; a crash after it loses nothing at all. Everything the batch
+writes is appended at the end of its table (or of one identity's records), so
+its cost does not grow with the tree.
+
+The whole batch is stamped with one acceptance time, so consecutive leaves of
+one identity usually share it: the index by identity records only where such
+a run starts (the leaf before it has another identity or time), and the
+sequencer remembers the identity and time of the last leaf to know.
 
 The leaf-hash and idempotency indexes, keyed by hashes and so written at
 random places, are written by the same thread later, in large sorted
@@ -16,7 +22,8 @@ batches: the leaves not indexed yet are held in memory
 A flush runs when enough leaves wait or appends pause, in several write
 transactions, one per range of index keys, between which batches of appends
 are still committed; its last transaction records ``indexed_upto``. After a
-crash the log rebuilds the tail from the hash records (docs/storage.md).
+crash the log rebuilds the tail from the stored leaf hashes and the key digests
+kept for leaves not indexed yet (docs/storage.md).
 """
 
 from __future__ import annotations
@@ -168,10 +175,12 @@ class Sequencer:
         *,
         clock_ms: Callable[[], int] | None = None,
         last_ms: int = 0,
+        last_leaf: tuple[str, int] | None = None,
         on_checkpoint: Callable[[bytes], None] = lambda note: None,
         tail: IndexTail | None = None,
     ) -> None:
-        """``tail`` holds the leaves the hash-keyed indexes do not (default: none)."""
+        """``tail`` holds the leaves the hash-keyed indexes do not (default: none);
+        ``last_leaf`` is the identity and acceptance time of the log's last leaf."""
         self._storage = storage
         self._signers = tuple(signers)
         self._origin = origin
@@ -179,6 +188,9 @@ class Sequencer:
         self._settings = settings
         self._clock_ms = clock_ms or _system_ms
         self._last_ms = last_ms
+        self._last_leaf = last_leaf
+        """``(identity, accepted_at_ms)`` of the last leaf: a leaf that has both continues
+        its run in the index by identity, any other starts a new one."""
         self._on_checkpoint = on_checkpoint
         self.index_tail = tail if tail is not None else IndexTail(tree.size)
         """The leaves not indexed yet; readers take its ``view`` (:mod:`.index_tail`)."""
@@ -382,21 +394,21 @@ class Sequencer:
                     return
 
     def _commit(self, batch: list[_Request]) -> None:
-        saved_tree, saved_ms = self._tree.copy(), self._last_ms
+        saved = self._tree.copy(), self._last_ms, self._last_leaf
         added: list[tuple[int, bytes, bytes | None]] = []
         while True:
             try:
                 note = self._write(batch, added)
                 break
             except RetryBatchError:
-                self._restore(batch, saved_tree, saved_ms, added)
+                self._restore(batch, saved, added)
             except StorageUnavailableError as e:
-                self._restore(batch, saved_tree, saved_ms, added)
+                self._restore(batch, saved, added)
                 log.error("append batch of %d requests not stored: %s", len(batch), e)
                 self._fail(batch, UnavailableError(str(e), 5.0))
                 return
             except Exception as e:
-                self._restore(batch, saved_tree, saved_ms, added)
+                self._restore(batch, saved, added)
                 log.exception("append batch of %d requests failed", len(batch))
                 self._fail(batch, e)
                 return
@@ -435,12 +447,11 @@ class Sequencer:
     def _restore(
         self,
         batch: list[_Request],
-        tree: CompactRange,
-        last_ms: int,
+        saved: tuple[CompactRange, int, tuple[str, int] | None],
         added: list[tuple[int, bytes, bytes | None]],
     ) -> None:
+        tree, self._last_ms, self._last_leaf = saved
         self._tree = tree.copy()
-        self._last_ms = last_ms
         segment = self.index_tail.active
         for index, leaf_hash_, digest in reversed(added):
             segment.discard(index, leaf_hash_, digest)
@@ -488,6 +499,7 @@ class Sequencer:
         # each leaf is that, then the payload's length and the payload (docs/leaf-format.md).
         head = Leaf(now, r.identity, b"").to_bytes()[: -_PAYLOAD_LENGTH.size]
         entries = r.entries
+        run = (r.identity, now)
         for item in r.items:
             digest = None
             if item.idempotency_key:
@@ -507,7 +519,9 @@ class Sequencer:
             leaf = head + _PAYLOAD_LENGTH.pack(len(payload)) + payload
             hashed = leaf_hash(leaf)
             w.append_leaf(index, leaf, tree.append(hashed), digest)
-            w.index_identity(prefix, now, index)
+            if self._last_leaf != run:
+                w.index_identity(prefix, now, index)
+                self._last_leaf = run
             segment.add(index, hashed, digest)
             added.append((index, hashed, digest))
             entries.append(AppendedLeaf(index, leaf, False))

@@ -2,13 +2,18 @@
 
 The tree is stored as the hashes of its perfect subtrees. When leaf ``i`` is
 appended it completes the node at level 0 (its own leaf hash) and one node at
-each level ``L`` for which the low ``L`` bits of ``i`` are all ones; those
-hashes are stored together under leaf ``i``, followed by the 16-byte digest of
-the entry's idempotency key when it has one (:func:`hash_count` says how many
-hashes a record holds, so the two are never confused). The node at
-``(level, index)`` therefore lives in the record of leaf
-``((index + 1) << level) - 1`` at offset ``level * 32`` (see
-:func:`hash_location`).
+each level ``L`` for which the low ``L`` bits of ``i`` are all ones. Every
+one of them is stored except the nodes of levels 1 to :data:`RECOMPUTED_LEVELS`:
+those cover at most ``2**RECOMPUTED_LEVELS`` leaves and are recomputed from the
+stored leaf hashes when a proof needs one.
+
+Stored nodes are numbered in the order they were completed: the *position*
+of a node is how many stored nodes were completed before it (see
+:func:`hash_position`, a closed form). Positions are cut into groups of
+:data:`GROUP_NODES`; a node is stored in group ``position // GROUP_NODES`` at
+slot ``position % GROUP_NODES`` (:func:`hash_location`), so every write goes at
+the end of the table and the leaf hashes of consecutive leaves are next to
+each other.
 
 The signed checkpoint and the size of its tree are written in the same batch
 as the leaves they cover, so a snapshot's checkpoint always describes exactly
@@ -16,8 +21,11 @@ the tree it holds.
 
 The leaf-hash and idempotency indexes are derived data: the sequencer writes
 them in large batches of their own (docs/storage.md, "Deferred indexing"), and
-``indexed_upto`` says which leaves they cover; the index by identity and time
-is written with the entries.
+``indexed_upto`` says which leaves they cover. Until then the idempotency key
+digests of the leaves above it are kept with their batch, so the in-memory
+tail can be rebuilt after a crash. The index by identity and time is written
+with the entries: one record per run of consecutive leaves of one identity
+and acceptance time.
 """
 
 from __future__ import annotations
@@ -33,11 +41,13 @@ from sealog.client.proof import NodeID
 __all__ = [
     "DIGEST_BYTES",
     "FORMAT_VERSION",
+    "GROUP_NODES",
     "META_COSIGNATURES",
     "META_FORMAT",
     "META_INDEXED_UPTO",
     "META_ORIGIN",
     "META_SIZE",
+    "RECOMPUTED_LEVELS",
     "ReadSnapshot",
     "RetryBatchError",
     "Storage",
@@ -46,7 +56,11 @@ __all__ = [
     "WriteBatch",
     "hash_count",
     "hash_location",
+    "hash_position",
     "identity_prefix",
+    "is_stored",
+    "node_at",
+    "stored_before",
 ]
 
 
@@ -60,11 +74,21 @@ META_SIZE = b"size"
 """Metadata key: the size of the stored checkpoint's tree (8 bytes, big-endian)."""
 META_INDEXED_UPTO = b"indexed_upto"
 """Metadata key: the leaf-hash and idempotency indexes hold every leaf below this (8 bytes)."""
-FORMAT_VERSION = b"sealog-lmdb-2"
+FORMAT_VERSION = b"sealog-lmdb-3"
 """The storage format this code reads and writes."""
 DIGEST_BYTES = 16
 """Length of an idempotency key digest (:func:`sealog.server.sequencer.idempotency_digest`)."""
 IDENTITY_PREFIX_BYTES = 8
+
+RECOMPUTED_LEVELS = 2
+"""Nodes of levels 1 to this are not stored: each is recomputed from its 2 or 4 leaf hashes."""
+GROUP_NODES = 123
+"""Stored nodes per group. A group's values are a 1-byte slot and a 32-byte hash; 123 of
+them (4,059 bytes) fill one 4 KiB LMDB page of sorted duplicates (4,080 bytes after its
+header), so each group is exactly one full page and its slot fits in one byte."""
+
+
+_RECOMPUTED = tuple(range(1, RECOMPUTED_LEVELS + 1))
 
 
 class StorageUnavailableError(SealogError):
@@ -79,14 +103,68 @@ class RetryBatchError(SealogError):
     """The write batch was not stored for a passing reason (the map grew): run it again."""
 
 
+def is_stored(level: int) -> bool:
+    """Whether nodes of ``level`` are stored (else recomputed from their leaf hashes)."""
+    return level == 0 or level > RECOMPUTED_LEVELS
+
+
+def stored_before(leaves: int) -> int:
+    """How many stored nodes the leaves ``[0, leaves)`` complete.
+
+    Those leaves complete ``leaves >> L`` nodes at each level ``L``, and the sum of
+    ``b >> L`` over every ``L >= 0`` is ``2b - popcount(b)``; the levels that are
+    not stored are taken out again.
+    """
+    b = leaves
+    n = 2 * b - b.bit_count()
+    for level in _RECOMPUTED:
+        n -= b >> level
+    return n
+
+
+def hash_position(level: int, index: int) -> int:
+    """The position of stored node ``(level, index)``: how many stored nodes precede it.
+
+    The node is completed by leaf ``c = ((index + 1) << level) - 1``, after the
+    nodes of every leaf before ``c`` and, at ``c``, after its leaf hash and its
+    stored nodes of the levels in between.
+    """
+    if not is_stored(level):
+        raise ValueError(f"nodes of level {level} are not stored")
+    c = ((index + 1) << level) - 1
+    return stored_before(c) + (level - RECOMPUTED_LEVELS if level else 0)
+
+
 def hash_location(node: NodeID) -> tuple[int, int]:
-    """Return ``(leaf index of the record, byte offset in it)`` that hold ``node``'s hash."""
-    return ((node.index + 1) << node.level) - 1, node.level * 32
+    """Return ``(group, slot)``: where the hash of stored ``node`` is (docs/storage.md)."""
+    return divmod(hash_position(node.level, node.index), GROUP_NODES)
 
 
 def hash_count(index: int) -> int:
-    """How many node hashes the record of leaf ``index`` holds: 1 + its trailing one bits."""
-    return ((index ^ (index + 1)).bit_length() - 1) + 1
+    """How many node hashes appending leaf ``index`` stores: its leaf hash, and one per
+    trailing one bit of ``index`` beyond the levels that are recomputed."""
+    trailing_ones = (index ^ (index + 1)).bit_length() - 1
+    return 1 + max(0, trailing_ones - RECOMPUTED_LEVELS)
+
+
+def node_at(position: int) -> tuple[int, int]:
+    """The ``(level, index)`` of the stored node at ``position``: :func:`hash_position` inverted."""
+    if position < 0:
+        raise ValueError(f"position: {position}, want >= 0")
+    # stored_before grows by at least 1 a leaf and at most 2 on average: bisect for
+    # the last leaf whose nodes start at or before position.
+    low, high = position // 2, position + 1  # stored_before(low) <= position < stored_before(high)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if stored_before(mid) <= position:
+            low = mid
+        else:
+            high = mid
+    k = position - stored_before(low)
+    if k == 0:
+        return 0, low
+    level = RECOMPUTED_LEVELS + k
+    return level, low >> level
 
 
 def identity_prefix(identity: str) -> bytes:
@@ -110,15 +188,12 @@ class ReadSnapshot(Protocol):
         ...
 
     def read_hashes(self, nodes: Sequence[NodeID]) -> list[bytes]:
-        """The stored hashes of perfect subtrees; :class:`StorageCorruptError` if one is missing."""
+        """The hashes of perfect subtrees, stored or recomputed from stored leaf hashes;
+        :class:`StorageCorruptError` if a hash they need is missing."""
         ...
 
     def read_node_hashes(self, nodes: Sequence[tuple[int, int]]) -> list[bytes]:
         """:meth:`read_hashes` for ``(level, index)`` pairs: the fast path of proofs."""
-        ...
-
-    def key_digest(self, index: int) -> bytes | None:
-        """The idempotency key digest stored with leaf ``index``, None if it had no key."""
         ...
 
     def leaf(self, index: int) -> bytes:
@@ -142,16 +217,24 @@ class ReadSnapshot(Protocol):
         :meth:`find_leaf_hash` about leaves not indexed yet)."""
         ...
 
+    def iter_leaf_hashes(self, start: int, end: int) -> Iterator[tuple[int, bytes | None]]:
+        """``(index, stored leaf hash)`` of leaves ``[start, end)`` in order; None where
+        the hash is missing or malformed (fsck reports it, readers raise)."""
+        ...
+
     def iter_pending_index(self, start: int, end: int) -> Iterator[tuple[int, bytes, bytes | None]]:
-        """``(index, leaf hash, key digest or None)`` of leaves ``[start, end)``, in order,
-        read from the hash records: what the indexes must hold for them."""
+        """``(index, leaf hash, key digest or None)`` of leaves ``[start, end)``, in order:
+        what the indexes must hold for them, read from the stored leaf hashes and the
+        key digests kept for leaves not indexed yet."""
         ...
 
     def iter_by_identity(
         self, prefix: bytes, start_ms: int, start_index: int
     ) -> Iterator[tuple[int, int]]:
-        """``(accepted_at_ms, index)`` of the index by identity under ``prefix``, in order,
-        from ``(start_ms, start_index)`` on. Candidates only: the prefix may collide."""
+        """``(accepted_at_ms, first index)`` of the runs recorded under ``prefix``, in
+        order, from the run that may hold leaf ``start_index`` at ``start_ms`` on: the
+        last record at or before ``(start_ms, start_index)`` if its time is
+        ``start_ms``, else the first one after. Candidates only: the prefix may collide."""
         ...
 
     def meta(self, key: bytes) -> bytes | None:
@@ -167,7 +250,8 @@ class ReadSnapshot(Protocol):
         ...
 
     def iter_hash_records(self) -> Iterator[tuple[int, bytes]]:
-        """Every stored (leaf index, record) of the ``hashes`` table in order (for fsck)."""
+        """Every stored ``(group, value)`` of the ``hashes`` table in order (for fsck);
+        group -1 for a malformed key."""
         ...
 
     def iter_leaf_index(self) -> Iterator[tuple[bytes, int]]:
@@ -175,11 +259,17 @@ class ReadSnapshot(Protocol):
         ...
 
     def iter_idempotency(self) -> Iterator[tuple[bytes, int]]:
-        """Every (key digest prefix, index) record of the idempotency index (for fsck)."""
+        """Every (key digest, index) record of the idempotency index (for fsck); index -1
+        (and the raw record) for a malformed one."""
+        ...
+
+    def iter_pending_digests(self) -> Iterator[tuple[int, bytes]]:
+        """Every kept ``(leaf index, key digest)`` of leaves not indexed yet, in order (for
+        fsck); :class:`StorageCorruptError` at a malformed record."""
         ...
 
     def iter_identity_index(self) -> Iterator[tuple[bytes, int, int]]:
-        """Every (identity prefix, accepted_at_ms, index) record of the index by identity."""
+        """Every (identity prefix, accepted_at_ms, first index) record of the index by identity."""
         ...
 
     def cosignatures(self) -> bytes | None:
@@ -197,13 +287,15 @@ class WriteBatch(ReadSnapshot, Protocol):
         node_hashes: Sequence[bytes],
         key_digest: bytes | None = None,
     ) -> None:
-        """Store leaf ``index`` (which must be the next one), the hashes it completes and
-        the digest of its idempotency key. The leaf-hash and idempotency indexes are
-        not written here: see :meth:`index_leaves`."""
+        """Store leaf ``index`` (which must be the next one) and the hashes it completes
+        (level 0 first, as :meth:`~sealog.client.compact.CompactRange.append` returns
+        them), and keep the digest of its idempotency key until the index has it. The
+        leaf-hash and idempotency indexes are not written here: see :meth:`index_leaves`."""
         ...
 
     def index_identity(self, prefix: bytes, accepted_at_ms: int, index: int) -> None:
-        """Record leaf ``index`` in the index by identity (:func:`identity_prefix`)."""
+        """Record that a run of leaves of one identity and time starts at ``index`` in the
+        index by identity (:func:`identity_prefix`)."""
         ...
 
     def index_leaves(
@@ -220,7 +312,8 @@ class WriteBatch(ReadSnapshot, Protocol):
         ...
 
     def set_indexed_upto(self, index: int) -> None:
-        """Say that the two indexes now hold every leaf below ``index``."""
+        """Say that the two indexes now hold every leaf below ``index``; the key digests
+        kept for those leaves (see :meth:`append_leaf`) are dropped."""
         ...
 
     def set_checkpoint(self, note: bytes, size: int) -> None:

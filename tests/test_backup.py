@@ -13,7 +13,9 @@ from e2e_support import Serve, recompute_root
 from sealog.client.checkpoint import open_checkpoint
 from sealog.client.log_client import LogClient
 from sealog.client.note import Ed25519Verifier
+from sealog.client.proof import NodeID
 from sealog.server.backup import CHECKPOINT_FILE, BackupError, backup
+from sealog.server.storage import hash_location
 
 
 @pytest.mark.slow
@@ -87,17 +89,23 @@ def test_a_copy_that_fails_fsck_is_reported_and_removed(serve: Serve, tmp_path: 
     with LogClient(live.target, live.vkey) as client:
         client.append_batch([b"a", b"b", b"c"])
     assert live.terminate() == 0
+    group, slot = hash_location(NodeID(0, 1))  # the leaf hash of entry 1
     env = lmdb.open(str(tmp_path / "live" / "db"), max_dbs=8)
     try:
-        db = env.open_db(b"hashes", create=False)
+        db = env.open_db(b"hashes", create=False, dupsort=True, dupfixed=True)
         with env.begin(write=True) as txn:
-            record = bytearray(txn.get((1).to_bytes(8, "big"), db=db))
-            record[0] ^= 1
-            txn.put((1).to_bytes(8, "big"), bytes(record), db=db)
+            cur = txn.cursor(db=db)
+            assert cur.set_range_dup(group.to_bytes(8, "big"), bytes([slot]))
+            value = bytearray(cur.value())
+            assert value[0] == slot
+            value[1] ^= 1
+            assert cur.delete()
+            txn.put(group.to_bytes(8, "big"), bytes(value), db=db)
     finally:
         env.close()
 
-    with pytest.raises(BackupError, match=r"does not verify: hashes\[1\] level 0"):
+    where = rf"hashes\[{group}\]\[{slot}\]"
+    with pytest.raises(BackupError, match=rf"does not verify: {where} level 0"):
         backup(tmp_path / "live", tmp_path / "backup")
 
     assert not (tmp_path / "backup").exists()

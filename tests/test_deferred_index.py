@@ -1,8 +1,9 @@
 """Deferred indexing, the index by identity and time, and fsck of the storage layout.
 
-The sequencer commits leaves with their hash records and the index by identity;
-the leaf-hash and idempotency indexes follow in flushes, and leaves not flushed
-yet live in the in-memory index tail (docs/storage.md, "Deferred indexing").
+The sequencer commits leaves with their node hashes, the key digests of the
+leaves not indexed yet, and the runs of the index by identity; the leaf-hash
+and idempotency indexes follow in flushes, and leaves not flushed yet live in
+the in-memory index tail (docs/storage.md, "Deferred indexing").
 """
 
 from __future__ import annotations
@@ -482,39 +483,63 @@ def _txn_edit(table: bytes, fn: Callable[[Any, Any], None]) -> Edit:
     return edit
 
 
-def _set_record(index: int, change: Callable[[bytes, Callable[[int], bytes]], bytes]) -> Edit:
-    """Replace the hash record of leaf ``index`` by ``change(record, record_of)``."""
+def _pending_record(change: Callable[[list[tuple[int, bytes]]], bytes]) -> Edit:
+    """Replace the kept key digests of the tail's batch (leaves 16..20) by
+    ``change(items)``, ``items`` their ``(leaf index, digest)`` pairs."""
 
     def fn(txn: Any, db: Any) -> None:
-        def record_of(i: int) -> bytes:
-            return bytes(txn.get(_U64.pack(i), db=db))
+        key = _U64.pack(16)
+        value = bytes(txn.get(key, db=db))
+        items = [
+            (_U64.unpack(value[i : i + 8])[0], value[i + 8 : i + 24])
+            for i in range(0, len(value), 24)
+        ]
+        txn.put(key, change(items), db=db)
 
-        txn.put(_U64.pack(index), change(record_of(index), record_of), db=db)
+    return _txn_edit(b"pending_digests", fn)
 
-    return _txn_edit(b"hashes", fn)
+
+def _items(items: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(_U64.pack(i) + d for i, d in items)
 
 
 def _identity_record(fn: Callable[[Any, Any, bytes, bytes], None], index: int) -> Edit:
-    """Call ``fn(txn, db, key, value)`` with the by_identity record of leaf ``index``."""
+    """Call ``fn(txn, db, key, value)`` with the by_identity record of the run from ``index``."""
 
     def edit(txn: Any, db: Any) -> None:
         for key, value in txn.cursor(db=db):
             if _U64.unpack(value[8:])[0] == index:
                 fn(txn, db, bytes(key), bytes(value))
                 return
-        raise AssertionError(f"no by_identity record for {index}")
+        raise AssertionError(f"no by_identity record for a run from {index}")
 
     return _txn_edit(b"by_identity", edit)
+
+
+def _dup_edit(table: bytes, fn: Callable[[Any, Any], None]) -> Edit:
+    def edit(env: Any) -> None:
+        db = env.open_db(table, create=False, dupsort=True, dupfixed=True)
+        with env.begin(write=True) as txn:
+            fn(txn, db)
+
+    return edit
+
+
+def _index_record_of(digest: bytes, index: int) -> tuple[bytes, bytes]:
+    """The idempotency index record of ``digest`` naming leaf ``index``."""
+    return digest[:2], digest[2:] + _U64.pack(index)
 
 
 def _meta(key: bytes, value: bytes) -> Edit:
     return _txn_edit(b"meta", lambda txn, db: txn.put(key, value, db=db))
 
 
+A3, A4, C1 = (idempotency_digest("alice", k) for k in ("a3", "a4", "c1"))
+
 LAYOUT_CASES: dict[str, tuple[Edit, tuple[str, ...], int | None]] = {
     "identity-record-deleted": (
-        _identity_record(lambda txn, db, k, v: txn.delete(k, v, db=db), 3),
-        ("by_identity: no record for 1 leaves (first: index 3)",),
+        _identity_record(lambda txn, db, k, v: txn.delete(k, v, db=db), 16),
+        ("by_identity: no record for 1 runs of leaves (first: the run from index 16)",),
         1,
     ),
     "identity-record-moved-to-another-time": (
@@ -523,10 +548,15 @@ LAYOUT_CASES: dict[str, tuple[Edit, tuple[str, ...], int | None]] = {
                 txn.delete(k, v, db=db),
                 txn.put(k, _U64.pack(_U64.unpack(v[:8])[0] + 1) + v[8:], db=db),
             ),
-            17,
+            16,
         ),
-        ("whose identity or time differs", "by_identity: no record for 1 leaves"),
+        ("whose identity or time differs", "by_identity: no record for 1 runs of leaves"),
         2,
+    ),
+    "identity-record-inside-a-run": (
+        _identity_record(lambda txn, db, k, v: txn.put(k, v[:8] + _U64.pack(3), db=db), 0),
+        ("(1700000000000, 3): entries[2] has the same identity and time, so no run starts at 3",),
+        1,
     ),
     "identity-record-beyond-the-log": (
         _txn_edit(
@@ -543,28 +573,42 @@ LAYOUT_CASES: dict[str, tuple[Edit, tuple[str, ...], int | None]] = {
         ("points to 2, whose identity or time differs",),
         1,
     ),
-    "key-digest-changed": (  # in its first 8 bytes, which the index holds too
-        _set_record(5, lambda rec, _: rec[:-16] + bytes([rec[-16] ^ 1]) + rec[-15:]),
-        (
-            "points to 5, whose key digest differs",
-            "idempotency: no record for 1 key digests (first: leaf 5)",
-        ),
+    "key-digest-used-twice": (  # leaf 6 also named by leaf 4's key
+        _dup_edit(b"idempotency", lambda txn, db: txn.put(*_index_record_of(A4, 6), db=db)),
+        ("points to 4 and to 6: the key was used twice", "points to 6, which has another key"),
         2,
     ),
-    "key-digest-used-twice": (
-        _set_record(6, lambda rec, record_of: rec[:-16] + record_of(4)[-16:]),
-        ("hashes[6]: the same idempotency key digest as leaf 4",),
-        None,
-    ),
-    "key-digest-used-twice-in-the-tail": (
-        _set_record(20, lambda rec, record_of: rec[:-16] + record_of(18)[-16:]),
-        ("hashes[20]: the same idempotency key digest as leaf 18",),
+    "key-digest-beyond-the-log": (
+        _dup_edit(b"idempotency", lambda txn, db: txn.put(*_index_record_of(A3, 21), db=db)),
+        (f"idempotency[{A3.hex()}]: points to 21, beyond the stored leaves",),
         1,
     ),
-    "key-digest-truncated": (
-        _set_record(5, lambda rec, _: rec[:-8]),
-        ("hashes[5]: 72 bytes, want 64 or 80",),
-        None,
+    "key-digest-record-malformed": (
+        _dup_edit(b"idempotency", lambda txn, db: txn.put(b"\xee\xee", b"short", db=db)),
+        ("idempotency[eeee73686f7274]: a malformed record",),
+        1,
+    ),
+    "key-digest-used-twice-in-the-tail": (
+        _pending_record(
+            lambda items: _items([(i, items[2][1] if i == 20 else d) for i, d in items])
+        ),
+        ("pending_digests: leaf 20 has the same idempotency key digest as leaf 18",),
+        1,
+    ),
+    "key-digest-in-the-tail-and-indexed-for-another-leaf": (
+        _pending_record(lambda items: _items([(i, A3 if i == 17 else d) for i, d in items])),
+        ("pending_digests: leaf 17 has the same idempotency key digest as leaf 3",),
+        1,
+    ),
+    "kept-key-digests-truncated": (
+        _pending_record(lambda items: _items(items)[:-8]),
+        ("pending_digests[16]: 112 bytes, want a multiple of 24",),
+        1,
+    ),
+    "kept-key-digests-out-of-order": (
+        _pending_record(lambda items: _items(items[:2] + items[3:] + items[2:3])),
+        ("pending_digests[16]: leaf 18 after leaf 20: not in order",),
+        1,
     ),
     "indexed-upto-beyond-the-log": (
         _meta(b"indexed_upto", _U64.pack(22)),
@@ -640,18 +684,128 @@ def test_a_retry_after_the_tail_was_rebuilt_is_exact(
     assert check(db).ok
 
 
-def test_idempotency_digests_are_stored_with_the_leaf(
+def test_idempotency_digests_are_indexed_or_kept_with_their_batch(
     populated: tuple[Path, dict[str, Any]],
 ) -> None:
     storage = LmdbStorage(populated[0], readonly=True)
     try:
         with storage.read() as snap:
-            assert snap.key_digest(3) == idempotency_digest("alice", "a3")
-            assert snap.key_digest(17) == idempotency_digest("alice", "c1")
-            assert snap.find_idempotency(idempotency_digest("alice", "a3")) == 3
-            assert snap.find_idempotency(idempotency_digest("alice", "c1")) is None  # tail
+            assert snap.find_idempotency(A3) == 3
+            assert snap.find_idempotency(A3[:15] + bytes([A3[15] ^ 1])) is None  # all 16 bytes
+            assert snap.find_idempotency(C1) is None  # in the tail: not indexed yet ...
+            tail = [idempotency_digest("alice", f"c{i}") for i in range(5)]
+            # ... but kept with its batch until a flush indexes it
+            assert list(snap.iter_pending_digests()) == list(enumerate(tail, start=16))
+            assert [(i, d) for i, _, d in snap.iter_pending_index(15, 21)] == [
+                (15, None),  # indexed: nothing kept
+                *enumerate(tail, start=16),
+            ]
     finally:
         storage.close()
+
+
+def test_a_flush_drops_the_key_digests_it_indexed(
+    populated: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    db = _edited(populated[0], tmp_path / "copy", lambda env: None)
+    with opened(db, NEVER) as log:
+        log.append(keyed("d", 3), "alice")  # kept too, in a second record
+        with log.storage.read() as snap:
+            assert [i for i, _ in snap.iter_pending_digests()] == list(range(16, 24))
+    # a clean stop flushes: everything is in the index, nothing kept
+    storage = LmdbStorage(db, readonly=True)
+    try:
+        with storage.read() as snap:
+            assert snap.indexed_upto() == 24
+            assert list(snap.iter_pending_digests()) == []
+            assert snap.find_idempotency(C1) == 17
+    finally:
+        storage.close()
+    assert check(db).ok
+
+
+def test_the_index_by_identity_records_runs(populated: tuple[Path, dict[str, Any]]) -> None:
+    """One record per run of consecutive leaves of one identity and time."""
+    storage = LmdbStorage(populated[0], readonly=True)
+    try:
+        with storage.read() as snap:
+            runs = [(prefix, index) for prefix, _, index in snap.iter_identity_index()]
+    finally:
+        storage.close()
+    alice, bob = identity_prefix("alice"), identity_prefix("bob")
+    assert sorted(runs) == sorted([(alice, 0), (bob, 8), (alice, 16)])
+
+
+def test_a_run_goes_on_across_requests_batches_and_restarts(tmp_path: Path) -> None:
+    clock = Clock()
+    with opened(tmp_path / "db", NEVER, clock) as log:
+        log.append([AppendItem(b"a0"), AppendItem(b"a1")], "alice")
+        log.append([AppendItem(b"a2")], "alice")  # another batch, the same millisecond
+    with opened(tmp_path / "db", NEVER, clock) as log:  # the same millisecond, restarted
+        log.append([AppendItem(b"a3")], "alice")
+        clock.now += 1
+        log.append([AppendItem(b"a4")], "alice")  # a new time: a new run
+        log.append([AppendItem(b"b0")], "bob")
+        log.append([AppendItem(b"a5")], "alice")  # after bob's: a new run
+        with log.storage.read() as snap:
+            runs = sorted((index, ms) for _, ms, index in snap.iter_identity_index())
+        assert runs == [(0, clock.now - 1), (4, clock.now), (5, clock.now), (6, clock.now)]
+        found = log.find_by_identity("alice", 0, 2**64 - 1, -1, 7, 100)
+        assert [i for i, _ in found] == [0, 1, 2, 3, 4, 6]
+        for after in range(-1, 6):  # pages may start inside a run
+            page = log.find_by_identity("alice", 0, 2**64 - 1, after, 7, 2)
+            assert [i for i, _ in page] == [i for i in (0, 1, 2, 3, 4, 6) if i > after][:2]
+        upto_3 = log.find_by_identity("alice", 0, 2**64 - 1, -1, 3, 100)  # a run cut by the size
+        assert [i for i, _ in upto_3] == [0, 1, 2]
+    assert check(tmp_path / "db").ok
+
+
+def test_search_is_not_misled_by_records_inside_runs(
+    populated: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A record that does not start a run (fsck names it) adds no duplicate, no stranger."""
+    alice = identity_prefix("alice")
+
+    def extra_records(txn: Any, db: Any) -> None:
+        for key, value in list(txn.cursor(db=db)):
+            if key == alice:
+                ms = value[:8]
+                txn.put(alice, ms + _U64.pack(_U64.unpack(value[8:])[0] + 2), db=db)
+        txn.put(alice, _U64.pack(1_700_000_000_005) + _U64.pack(9), db=db)  # bob's run
+
+    db = _edited(populated[0], tmp_path / "copy", _txn_edit(b"by_identity", extra_records))
+    with opened(db, NEVER) as log:
+        found = log.find_by_identity("alice", 0, 2**64 - 1, -1, 21, 100)
+        assert [i for i, _ in found] == list(range(8)) + list(range(16, 21))
+        page = log.find_by_identity("alice", 0, 2**64 - 1, 2, 21, 3)
+        assert [i for i, _ in page] == [3, 4, 5]
+
+
+def test_a_log_of_the_previous_format_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    from sealog.server.log import StartupCheckError
+
+    env = lmdb.open(str(tmp_path / "db"), max_dbs=8)  # the tables of sealog-lmdb-2
+    try:
+        meta, entries, hashes = (env.open_db(name) for name in (b"meta", b"entries", b"hashes"))
+        for name in (b"leaf_index", b"idempotency", b"by_identity"):
+            env.open_db(name, dupsort=True, dupfixed=True)
+        with env.begin(write=True) as txn:
+            txn.put(b"format", b"sealog-lmdb-2", db=meta)
+            txn.put(b"checkpoint", b"a note", db=meta)
+            txn.put(_U64.pack(0), b"leaf", db=entries)
+            txn.put(_U64.pack(0), b"h" * 48, db=hashes)  # a hash and a key digest
+    finally:
+        env.close()
+    before = (tmp_path / "db" / "data.mdb").read_bytes()
+    storage = LmdbStorage(tmp_path / "db")
+    try:
+        with pytest.raises(
+            StartupCheckError, match="storage format b'sealog-lmdb-2', want b'sealog-lmdb-3'"
+        ):
+            Log(storage, SIGNER, SIGNER.verifier(), ORIGIN)
+    finally:
+        storage.close()
+    assert (tmp_path / "db" / "data.mdb").read_bytes() == before
 
 
 # --- map growth while snapshots are open ----------------------------------------------------

@@ -25,6 +25,8 @@ from sealog.client.checkpoint import SignedCheckpoint
 from sealog.client.keyfile import write_private_key_file
 from sealog.client.log_client import LogClient
 from sealog.client.note import Ed25519Signer
+from sealog.client.proof import NodeID
+from sealog.server.storage import hash_location
 
 CYCLES = 3
 WRITERS = 6
@@ -196,14 +198,19 @@ def _edit_lmdb(data_dir: Path, table: bytes, index: int, value: bytes | None) ->
         env.close()
 
 
-def _read_lmdb(data_dir: Path, table: bytes, index: int) -> bytes:
-    env = lmdb.open(str(data_dir / "db"), max_dbs=8, subdir=True, readonly=True)
+def _invert_hash(data_dir: Path, level: int, index: int) -> None:
+    """Invert every bit of the stored hash of node ``(level, index)`` (docs/storage.md)."""
+    group, slot = hash_location(NodeID(level, index))
+    env = lmdb.open(str(data_dir / "db"), max_dbs=8, subdir=True)
     try:
-        db = env.open_db(table, create=False)
-        with env.begin() as txn:
-            value = txn.get(_U64.pack(index), db=db)
-            assert value is not None
-            return bytes(value)
+        db = env.open_db(b"hashes", create=False, dupsort=True, dupfixed=True)
+        with env.begin(write=True) as txn:
+            cur = txn.cursor(db=db)
+            assert cur.set_range_dup(_U64.pack(group), bytes([slot]))
+            value = bytes(cur.value())
+            assert value[0] == slot
+            assert cur.delete()
+            txn.put(_U64.pack(group), value[:1] + bytes(b ^ 0xFF for b in value[1:]), db=db)
     finally:
         env.close()
 
@@ -243,13 +250,16 @@ def test_refuses_storage_missing_its_last_entry(
     assert f"storage holds {LEAVES - 1} leaves but the signed checkpoint is for {LEAVES}" in stderr
 
 
-@pytest.mark.parametrize("record", [LEAVES - 1, 7], ids=["node-8-10", "node-0-8"])
+@pytest.mark.parametrize(
+    "node",
+    [(0, LEAVES - 1), (3, 0)],
+    ids=["node-8-10", "node-0-8"],  # the leaf hash node(1, 4) is recomputed from; a stored node
+)
 def test_refuses_storage_whose_tree_does_not_match_its_checkpoint(
-    serve: Serve, populated: Populated, tmp_path: Path, record: int
+    serve: Serve, populated: Populated, tmp_path: Path, node: tuple[int, int]
 ) -> None:
     data_dir = _copy(populated, tmp_path, "corrupt")
-    stored = _read_lmdb(data_dir, b"hashes", record)
-    _edit_lmdb(data_dir, b"hashes", record, bytes(b ^ 0xFF for b in stored))
+    _invert_hash(data_dir, *node)
 
     stderr = _refused(serve, data_dir)
 

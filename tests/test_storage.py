@@ -12,7 +12,19 @@ from sealog.client.compact import CompactRange
 from sealog.client.hashing import leaf_hash
 from sealog.client.proof import NodeID
 from sealog.server.lmdb_storage import LmdbStorage
-from sealog.server.storage import RetryBatchError, Storage, StorageCorruptError
+from sealog.server.storage import (
+    GROUP_NODES,
+    RECOMPUTED_LEVELS,
+    RetryBatchError,
+    Storage,
+    StorageCorruptError,
+    hash_count,
+    hash_location,
+    hash_position,
+    is_stored,
+    node_at,
+    stored_before,
+)
 
 
 @pytest.fixture(params=["lmdb"])
@@ -61,6 +73,8 @@ def test_stored_hashes_are_the_perfect_subtrees(open_storage: Callable[..., Stor
                 assert snap.read_hashes([NodeID(level, index)]) == [sub.root()]
         with pytest.raises(StorageCorruptError, match="level 1 index 18"):
             snap.read_hashes([NodeID(1, 18)])
+        with pytest.raises(StorageCorruptError, match="level 3 index 4"):
+            snap.read_hashes([NodeID(3, 4)])
         with pytest.raises(StorageCorruptError, match="no leaf at index 37"):
             list(snap.leaves(35, 38))
 
@@ -87,7 +101,7 @@ def test_a_failed_batch_stores_nothing(open_storage: Callable[..., Storage]) -> 
     tree = CompactRange()
     _append(storage, tree, [b"a"])
     with pytest.raises(RuntimeError), storage.write() as w:
-        w.append_leaf(1, b"b", [leaf_hash(b"b")])
+        w.append_leaf(1, b"b", tree.copy().append(leaf_hash(b"b")), b"d" * 16)
         w.put_idempotency(b"k" * 16, 1)
         w.set_checkpoint(b"never", 2)
         raise RuntimeError("crash mid-batch")
@@ -95,6 +109,8 @@ def test_a_failed_batch_stores_nothing(open_storage: Callable[..., Storage]) -> 
         assert snap.stored_size() == 1
         assert snap.find_idempotency(b"k" * 16) is None
         assert snap.checkpoint() is None
+        assert list(snap.iter_pending_digests()) == []
+        assert list(snap.iter_leaf_hashes(0, 2)) == [(0, leaf_hash(b"a")), (1, None)]
 
 
 def test_readers_see_a_snapshot(open_storage: Callable[..., Storage]) -> None:
@@ -144,3 +160,71 @@ def test_the_map_grows_when_full(open_storage: Callable[..., Storage]) -> None:
     with storage.read() as snap:
         assert snap.stored_size() == 2000
         assert list(snap.leaves(1990, 2000)) == leaves[1990:]
+
+
+# --- where node hashes live (docs/storage.md) ------------------------------------------------
+def _completion_order(leaves: int) -> list[tuple[int, int]]:
+    """The stored nodes in the order appending ``leaves`` leaves completes them."""
+    order = []
+    for i in range(leaves):
+        completed = (i ^ (i + 1)).bit_length()  # the leaf, then one node a trailing one bit
+        order.extend((level, i >> level) for level in range(completed) if is_stored(level))
+    return order
+
+
+def test_positions_are_the_completion_order() -> None:
+    order = _completion_order(1 << 12)
+    for position, (level, index) in enumerate(order):
+        assert hash_position(level, index) == position
+        assert node_at(position) == (level, index)
+    for leaf in range(1 << 12):
+        assert stored_before(leaf) == hash_position(0, leaf)
+        assert stored_before(leaf + 1) - stored_before(leaf) == hash_count(leaf)
+
+
+@pytest.mark.parametrize("level", [0, RECOMPUTED_LEVELS + 1, 30, 62])
+def test_positions_far_out_have_the_closed_form(level: int) -> None:
+    """Near the largest tree, positions still follow one another and slots fit one byte."""
+    for index in ((1 << (63 - level)) - 2, (1 << (63 - level)) - 1, 12345):
+        last = ((index + 1) << level) - 1
+        position = hash_position(level, index)
+        assert stored_before(last) <= position < stored_before(last + 1)
+        assert node_at(position) == (level, index)
+        group, slot = hash_location(NodeID(level, index))
+        assert 0 <= slot < GROUP_NODES <= 256
+        assert group * GROUP_NODES + slot == position
+
+
+def test_only_leaf_hashes_and_high_levels_are_stored() -> None:
+    assert [is_stored(level) for level in range(RECOMPUTED_LEVELS + 2)] == [True] + [
+        False
+    ] * RECOMPUTED_LEVELS + [True]
+    with pytest.raises(ValueError, match="not stored"):
+        hash_position(1, 0)
+
+
+def test_groups_fill_in_order(open_storage: Callable[..., Storage]) -> None:
+    """Every value is appended after the last one; each group holds GROUP_NODES of them."""
+    storage = open_storage()
+    tree = CompactRange()
+    leaves = [b"%d" % i for i in range(700)]
+    for start in range(0, len(leaves), 61):
+        _append(storage, tree, leaves[start : start + 61])
+    with storage.read() as snap:
+        records = list(snap.iter_hash_records())
+    assert len(records) == stored_before(700)
+    positions = [group * GROUP_NODES + value[0] for group, value in records]
+    assert positions == list(range(len(records)))
+    assert all(len(value) == 33 for _, value in records)
+
+
+def test_missing_leaf_hashes_are_named(open_storage: Callable[..., Storage]) -> None:
+    storage = open_storage()
+    tree = CompactRange()
+    _append(storage, tree, [b"%d" % i for i in range(9)])
+    with storage.read() as snap:
+        assert [i for i, h in snap.iter_leaf_hashes(7, 11) if h is not None] == [7, 8]
+        with pytest.raises(
+            StorageCorruptError, match=r"level 2 index 2 needs the leaf hash of leaf 9"
+        ):
+            snap.read_node_hashes([(2, 2)])

@@ -27,10 +27,13 @@ from e2e_support import RunningLog, Serve, run_sealog
 
 from sealog.client.errors import VerificationError
 from sealog.client.log_client import LogClient
+from sealog.client.proof import NodeID
+from sealog.server.storage import FORMAT_VERSION, GROUP_NODES, hash_location, stored_before
 
 _U64 = struct.Struct(">Q")
 BATCHES = (5, 8, 8)
 SIZE = sum(BATCHES)  # 21 = 0b10101: the frontier is node(4, 0), node(2, 4), leaf 20
+# node(2, 4) is not stored (docs/storage.md): it is recomputed from leaf hashes 16..19.
 LAST = SIZE - 1
 
 
@@ -63,9 +66,57 @@ Edit = Callable[[Any], None]
 
 
 def _db(env: Any, table: bytes) -> Any:
-    if table == b"leaf_index":
+    if table in (b"hashes", b"leaf_index", b"idempotency", b"by_identity"):
         return env.open_db(table, create=False, dupsort=True, dupfixed=True)
     return env.open_db(table, create=False)
+
+
+def where(level: int, index: int) -> str:
+    """How fsck names the stored hash of node ``(level, index)``: its group and slot."""
+    group, slot = hash_location(NodeID(level, index))
+    return f"hashes[{group}][{slot}]"
+
+
+def _hash_value(txn: Any, db: Any, level: int, index: int) -> tuple[Any, bytes]:
+    """A cursor on the stored hash of node ``(level, index)`` (slot, then hash), and the value."""
+    group, slot = hash_location(NodeID(level, index))
+    cur = txn.cursor(db=db)
+    assert cur.set_range_dup(_U64.pack(group), bytes([slot])), (level, index)
+    value = bytes(cur.value())
+    assert value[0] == slot, (level, index)
+    return cur, value
+
+
+def flip_hash(level: int, index: int, pos: int) -> Edit:
+    """Flip the low bit of byte ``pos`` of the stored hash of node ``(level, index)``."""
+
+    def edit(env: Any) -> None:
+        db = _db(env, b"hashes")
+        with env.begin(write=True) as txn:
+            cur, value = _hash_value(txn, db, level, index)
+            key = bytes(cur.key())
+            changed = bytearray(value)
+            changed[1 + pos] ^= 0x01
+            assert cur.delete()
+            assert txn.put(key, bytes(changed), db=db, dupdata=True)
+
+    return edit
+
+
+def delete_hash(level: int, index: int) -> Edit:
+    def edit(env: Any) -> None:
+        db = _db(env, b"hashes")
+        with env.begin(write=True) as txn:
+            cur, _ = _hash_value(txn, db, level, index)
+            assert cur.delete()
+
+    return edit
+
+
+def put_hash(position: int, hash_: bytes) -> Edit:
+    """Store ``hash_`` at stored-node ``position`` (docs/storage.md)."""
+    group, slot = divmod(position, GROUP_NODES)
+    return put(b"hashes", group, bytes([slot]) + hash_)
 
 
 def _key(key: int | bytes) -> bytes:
@@ -199,20 +250,23 @@ class Case:
     """The exact number of problems, where noise would hide the place."""
 
 
+SEAMOG = b"seamog" + FORMAT_VERSION[6:]
 ROOT_MISMATCH = f"tree: root recomputed from entries [0, {SIZE}) is"
 SELF_CHECK_ROOT = f"stored tree of size {SIZE} has root"
 BAD_SIGNATURE = "meta[checkpoint]: does not verify with the given key: invalid signature for key"
 
 CASES: dict[str, Case] = {
     "identity-index-record-deleted": Case(
-        delete_first_identity_record, ("by_identity: no record for 1 leaves",), problems=1
+        delete_first_identity_record,
+        ("by_identity: no record for 1 runs of leaves (first: the run from index 0)",),
+        problems=1,
     ),
     "entry-version-byte": Case(
         flip(b"entries", 5, 0), ("entries[5]: leaf: version 0, want 1", ROOT_MISMATCH)
     ),
     "entry-timestamp": Case(
         flip(b"entries", 5, 1),
-        ("hashes[5] level 0 (leaf hash of entries[5])", "entries[6]: accepted_at_ms"),
+        (f"{where(0, 5)} level 0 (leaf hash of entries[5])", "entries[6]: accepted_at_ms"),
     ),
     "entry-identity-length": Case(flip(b"entries", 5, 10), ("entries[5]: leaf: ", ROOT_MISMATCH)),
     "entry-payload-length": Case(
@@ -221,45 +275,44 @@ CASES: dict[str, Case] = {
     "entry-payload": Case(
         flip(b"entries", 5, -1),
         (
-            "hashes[5] level 0 (leaf hash of entries[5]): stored",
-            "hashes[7] level 3 (node level 3 index 0, over entries[0..7])",
+            f"{where(0, 5)} level 0 (leaf hash of entries[5]): stored",
+            f"{where(3, 0)} level 3 (node level 3 index 0, over entries[0..7])",
             ROOT_MISMATCH,
         ),
     ),
     "leaf-hash": Case(
-        flip(b"hashes", 5, 3),
+        flip_hash(0, 5, 3),
         (
-            "hashes[5] level 0 (leaf hash of entries[5]): stored",
+            f"{where(0, 5)} level 0 (leaf hash of entries[5]): stored",
             "points to 5, whose leaf hash differs",
         ),
     ),
     "leaf-hash-on-the-frontier": Case(
-        flip(b"hashes", LAST, 3), (f"hashes[{LAST}] level 0",), serve=SELF_CHECK_ROOT
+        flip_hash(0, LAST, 3), (f"{where(0, LAST)} level 0",), serve=SELF_CHECK_ROOT
     ),
-    "interior-level-1": Case(
-        flip(b"hashes", 1, 32 + 7),
-        ("hashes[1] level 1 (node level 1 index 0, over entries[0..1])",),
-        problems=1,
+    # Levels 1 and 2 are not stored: they are recomputed from these leaf hashes.
+    "leaf-hash-under-a-recomputed-node": Case(
+        flip_hash(0, 1, 7),
+        (f"{where(0, 1)} level 0 (leaf hash of entries[1]): stored",),
     ),
-    "interior-level-2": Case(
-        flip(b"hashes", 11, 64 + 7),
-        ("hashes[11] level 2 (node level 2 index 2, over entries[8..11])",),
-        problems=1,
+    "leaf-hash-under-a-recomputed-node-on-the-frontier": Case(  # node(2, 4) is leaves 16..19
+        flip_hash(0, 17, 7),
+        (f"{where(0, 17)} level 0 (leaf hash of entries[17]): stored",),
+        serve=SELF_CHECK_ROOT,
     ),
     "interior-level-3": Case(
-        flip(b"hashes", 7, 96 + 7),
-        ("hashes[7] level 3 (node level 3 index 0, over entries[0..7])",),
+        flip_hash(3, 0, 7),
+        (f"{where(3, 0)} level 3 (node level 3 index 0, over entries[0..7])",),
+        problems=1,
+    ),
+    "interior-level-3-second-block": Case(
+        flip_hash(3, 1, 31),
+        (f"{where(3, 1)} level 3 (node level 3 index 1, over entries[8..15])",),
         problems=1,
     ),
     "interior-level-4-on-the-frontier": Case(
-        flip(b"hashes", 15, 128 + 7),
-        ("hashes[15] level 4 (node level 4 index 0, over entries[0..15])",),
-        serve=SELF_CHECK_ROOT,
-        problems=1,
-    ),
-    "interior-level-2-on-the-frontier": Case(
-        flip(b"hashes", 19, 64 + 7),
-        ("hashes[19] level 2 (node level 2 index 4, over entries[16..19])",),
+        flip_hash(4, 0, 7),
+        (f"{where(4, 0)} level 4 (node level 4 index 0, over entries[0..15])",),
         serve=SELF_CHECK_ROOT,
         problems=1,
     ),
@@ -295,8 +348,14 @@ CASES: dict[str, Case] = {
     ),
     "format": Case(
         flip(b"meta", b"format", 3),
-        ("meta[format]: b'seamog-lmdb-2', want b'sealog-lmdb-2'",),
-        serve="storage format b'seamog-lmdb-2', want b'sealog-lmdb-2'",
+        (f"meta[format]: {SEAMOG!r}, want {FORMAT_VERSION!r}",),
+        serve=f"storage format {SEAMOG!r}, want {FORMAT_VERSION!r}",
+        problems=1,
+    ),
+    "format-of-an-older-layout": Case(
+        put(b"meta", b"format", b"sealog-lmdb-2"),
+        (f"meta[format]: b'sealog-lmdb-2', want {FORMAT_VERSION!r} (another storage format",),
+        serve=f"storage format b'sealog-lmdb-2', want {FORMAT_VERSION!r}",
         problems=1,
     ),
     "trailing-entry-deleted": Case(
@@ -306,13 +365,32 @@ CASES: dict[str, Case] = {
     ),
     "middle-entry-deleted": Case(delete(b"entries", 7), ("entries[7..7]: missing",), problems=1),
     "middle-entry-and-its-hashes-deleted": Case(
-        lambda env: (delete(b"entries", 7)(env), delete(b"hashes", 7)(env)),
-        ("entries[7..7]: missing", "hashes[7]: missing too"),
+        lambda env: (
+            delete(b"entries", 7)(env),
+            delete_hash(0, 7)(env),
+            delete_hash(3, 0)(env),
+        ),
+        (
+            "entries[7..7]: missing",
+            f"{where(0, 7)} (leaf hash of the missing entries[7]): missing too",
+        ),
         problems=2,
     ),
-    "hash-record-deleted": Case(delete(b"hashes", 7), ("hashes[7]: missing",), problems=1),
+    "stored-hash-deleted": Case(
+        delete_hash(3, 0),
+        (f"{where(3, 0)} level 3 (node level 3 index 0, over entries[0..7]): missing",),
+        problems=1,
+    ),
+    "leaf-hash-deleted": Case(
+        delete_hash(0, 9),
+        (f"{where(0, 9)} level 0 (leaf hash of entries[9]): missing",),
+    ),
+    "hash-stored-twice": Case(
+        put_hash(stored_before(9), b"\x00" * 32),
+        (f"{where(0, 9)}: a second value in the same slot",),
+    ),
     "entry-beyond-the-checkpoint": Case(
-        lambda env: (copy_entry(LAST, SIZE)(env), put(b"hashes", SIZE, b"\x00" * 32)(env)),
+        lambda env: (copy_entry(LAST, SIZE)(env), put_hash(stored_before(SIZE), b"\x00" * 32)(env)),
         (f"entries[{SIZE}..{SIZE}]: stored beyond the signed checkpoint",),
         serve=f"storage holds {SIZE + 1} leaves but the signed checkpoint is for {SIZE}",
     ),
@@ -332,9 +410,9 @@ CASES: dict[str, Case] = {
         delete_first_leaf_index_record, ("leaf_index: no record for 1 leaves",), problems=1
     ),
     "idempotency-beyond-the-log": Case(
-        # key: 2 bytes of the key digest; value: its next 6 bytes, then the index
-        put(b"idempotency", b"\xcd" * 2, b"\xcd" * 6 + _U64.pack(50)),
-        ("idempotency[cdcdcdcdcdcdcdcd]: points to 50, beyond the stored leaves",),
+        # key: 2 bytes of the key digest; value: its other 14 bytes, then the index
+        put(b"idempotency", b"\xcd" * 2, b"\xcd" * 14 + _U64.pack(50)),
+        (f"idempotency[{'cd' * 16}]: points to 50, beyond the stored leaves",),
         problems=1,
     ),
 }
@@ -396,6 +474,23 @@ def test_clients_never_accept_what_the_self_check_does_not_read(
         client.entry_and_proof(4, checkpoint)  # its neighbours still prove
 
 
+def test_clients_never_accept_a_node_recomputed_from_a_damaged_leaf_hash(
+    pristine: Pristine, serve: Serve, tmp_path: Path
+) -> None:
+    """Nodes of levels 1 and 2 are not stored: a proof that needs one recomputes it from
+    the stored leaf hashes, so a damaged leaf hash is caught by every proof it feeds."""
+    data_dir = tampered_copy(pristine, tmp_path, flip_hash(0, 1, 7))
+    server = serve(data_dir)  # leaf 1 is not on the frontier the self-check reads
+
+    with LogClient(server.target, pristine.vkey, timeout=10) as client:
+        checkpoint = client.checkpoint()
+        with pytest.raises(VerificationError):
+            client.entry_and_proof(2, checkpoint)  # holds node(1, 0), from leaves 0 and 1
+        with pytest.raises(VerificationError):
+            client.entry_and_proof(5, checkpoint)  # holds node(2, 0), from leaves 0..3
+        client.entry_and_proof(9, checkpoint)  # holds node(3, 0), stored and intact
+
+
 def test_a_missing_entry_is_data_loss_not_a_wrong_answer(
     pristine: Pristine, serve: Serve, tmp_path: Path
 ) -> None:
@@ -419,7 +514,7 @@ def test_a_missing_entry_is_data_loss_not_a_wrong_answer(
         (flip(b"entries", LAST, -1), f"entries[{LAST}]"),
         (flip(b"entries", LAST, 1), f"entries[{LAST}]"),
         (flip(b"entries", LAST, 0), f"entries[{LAST}]"),
-        (delete(b"hashes", 15), "hashes"),
+        (delete_hash(4, 0), "hashes: no stored hash for node level 4 index 0"),
         (put(b"entries", b"\x00\x00\x05", b"junk"), "entries"),
     ],
     ids=[
