@@ -105,6 +105,10 @@ class AppendOutcome:
     consistency_proof: tuple[bytes, ...]
 
 
+_LINGER_GAP_S = 0.001
+"""A lingering sequencer commits once no append has arrived for this long."""
+
+
 @dataclass
 class _Request:
     items: Sequence[AppendItem]
@@ -196,6 +200,7 @@ class Sequencer:
         """The leaves not indexed yet; readers take its ``view`` (:mod:`.index_tail`)."""
         self._flush: _Flush | None = None
         self._last_append = time.monotonic()
+        self._last_batch_requests = 0
         self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
         self._queued_entries = 0
         self._lock = threading.Lock()
@@ -291,9 +296,18 @@ class Sequencer:
         stopping = False
         batch = [first]
         count = len(first.items)
-        deadline = time.monotonic() + self._settings.batch_max_wait_ms / 1000
+        start = time.monotonic()
+        deadline = start + self._settings.batch_max_wait_ms / 1000
+        # Appends arriving concurrently (the last batch held several): linger while
+        # they keep coming, so that one commit answers more of them.
+        linger = self._last_batch_requests > 1
+        linger_until = start + self._settings.batch_linger_ms / 1000
         while count < self._settings.batch_max_entries:
-            item = self._next(deadline - time.monotonic())
+            now = time.monotonic()
+            wait_s = deadline - now
+            if linger:
+                wait_s = max(wait_s, min(_LINGER_GAP_S, linger_until - now))
+            item = self._next(wait_s)
             if item is None:
                 break
             if item is _STOP:
@@ -304,6 +318,7 @@ class Sequencer:
             count += len(item.items)
         with self._lock:
             self._queued_entries -= count
+        self._last_batch_requests = len(batch)
         self._commit(batch)
         self._last_append = time.monotonic()
         return stopping
