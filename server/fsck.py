@@ -47,7 +47,6 @@ from sealog.server.storage import (
 
 __all__ = ["FsckReport", "fsck"]
 
-_LEAF_PREFIX_BYTES = 8
 _OTHER_FORMATS = b"sealog-lmdb-"
 _UNKNOWN = ("", -1)
 """The identity and time of a leaf fsck could not read."""
@@ -406,7 +405,7 @@ def _check_indexes(snapshot: ReadSnapshot, report: FsckReport) -> None:
             stored = snapshot.read_hashes([NodeID(0, index)])[0]
         except SealogError:
             continue  # the leaf hash is missing; the tree check reports it
-        if stored[:_LEAF_PREFIX_BYTES] != prefix:
+        if stored[: len(prefix)] != prefix:  # the part of the hash the record holds
             report.add(f"leaf_index[{_hex(prefix)}]: points to {index}, whose leaf hash differs")
     _check_idempotency(snapshot, report, n)
     _check_pending_digests(snapshot, report, n, upto)

@@ -48,6 +48,7 @@ from sealog.server.errors import ResourceExhaustedError, UnavailableError
 from sealog.server.index_tail import IndexTail, TailSegment
 from sealog.server.proofs import build_consistency_proof, build_inclusion_proof
 from sealog.server.storage import (
+    DIGEST_BYTES,
     RetryBatchError,
     Storage,
     StorageUnavailableError,
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 
 
 def idempotency_digest(identity: str, key: str) -> bytes:
-    """The 16-byte index key of an idempotency key; keys are scoped to the identity."""
+    """The index key of an idempotency key (DIGEST_BYTES); keys are scoped to the identity."""
     return _digest(_digest_base(identity), key)
 
 
@@ -70,7 +71,7 @@ def _digest_base(identity: str) -> bytes:
 
 
 def _digest(base: bytes, key: str) -> bytes:
-    return hashlib.sha256(base + key.encode()).digest()[:16]
+    return hashlib.sha256(base + key.encode()).digest()[:DIGEST_BYTES]
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,8 +76,9 @@ META_INDEXED_UPTO = b"indexed_upto"
 """Metadata key: the leaf-hash and idempotency indexes hold every leaf below this (8 bytes)."""
 FORMAT_VERSION = b"sealog-lmdb-3"
 """The storage format this code reads and writes."""
-DIGEST_BYTES = 16
-"""Length of an idempotency key digest (:func:`sealog.server.sequencer.idempotency_digest`)."""
+DIGEST_BYTES = 12
+"""Length of an idempotency key digest (:func:`sealog.server.sequencer.idempotency_digest`):
+96 bits, so that even among 10^9 keys of one log a collision has odds of about 10^-11."""
 IDENTITY_PREFIX_BYTES = 8
 
 RECOMPUTED_LEVELS = 2

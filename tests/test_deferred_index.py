@@ -37,6 +37,7 @@ from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.log import Log
 from sealog.server.sequencer import AppendItem, AppendOutcome, idempotency_digest
 from sealog.server.storage import (
+    DIGEST_BYTES,
     StorageUnavailableError,
     WriteBatch,
     identity_prefix,
@@ -490,9 +491,10 @@ def _pending_record(change: Callable[[list[tuple[int, bytes]]], bytes]) -> Edit:
     def fn(txn: Any, db: Any) -> None:
         key = _U64.pack(16)
         value = bytes(txn.get(key, db=db))
+        step = 8 + DIGEST_BYTES
         items = [
-            (_U64.unpack(value[i : i + 8])[0], value[i + 8 : i + 24])
-            for i in range(0, len(value), 24)
+            (_U64.unpack(value[i : i + 8])[0], value[i + 8 : i + step])
+            for i in range(0, len(value), step)
         ]
         txn.put(key, change(items), db=db)
 
@@ -602,7 +604,10 @@ LAYOUT_CASES: dict[str, tuple[Edit, tuple[str, ...], int | None]] = {
     ),
     "kept-key-digests-truncated": (
         _pending_record(lambda items: _items(items)[:-8]),
-        ("pending_digests[16]: 112 bytes, want a multiple of 24",),
+        (
+            f"pending_digests[16]: {5 * (8 + DIGEST_BYTES) - 8} bytes, want a multiple of "
+            f"{8 + DIGEST_BYTES}",
+        ),
         1,
     ),
     "kept-key-digests-out-of-order": (
@@ -691,7 +696,8 @@ def test_idempotency_digests_are_indexed_or_kept_with_their_batch(
     try:
         with storage.read() as snap:
             assert snap.find_idempotency(A3) == 3
-            assert snap.find_idempotency(A3[:15] + bytes([A3[15] ^ 1])) is None  # all 16 bytes
+            last = DIGEST_BYTES - 1
+            assert snap.find_idempotency(A3[:last] + bytes([A3[last] ^ 1])) is None  # every byte
             assert snap.find_idempotency(C1) is None  # in the tail: not indexed yet ...
             tail = [idempotency_digest("alice", f"c{i}") for i in range(5)]
             # ... but kept with its batch until a flush indexes it

@@ -13,6 +13,7 @@ from sealog.client.hashing import leaf_hash
 from sealog.client.proof import NodeID
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.storage import (
+    DIGEST_BYTES,
     GROUP_NODES,
     RECOMPUTED_LEVELS,
     RetryBatchError,
@@ -101,13 +102,13 @@ def test_a_failed_batch_stores_nothing(open_storage: Callable[..., Storage]) -> 
     tree = CompactRange()
     _append(storage, tree, [b"a"])
     with pytest.raises(RuntimeError), storage.write() as w:
-        w.append_leaf(1, b"b", tree.copy().append(leaf_hash(b"b")), b"d" * 16)
-        w.put_idempotency(b"k" * 16, 1)
+        w.append_leaf(1, b"b", tree.copy().append(leaf_hash(b"b")), b"d" * DIGEST_BYTES)
+        w.put_idempotency(b"k" * DIGEST_BYTES, 1)
         w.set_checkpoint(b"never", 2)
         raise RuntimeError("crash mid-batch")
     with storage.read() as snap:
         assert snap.stored_size() == 1
-        assert snap.find_idempotency(b"k" * 16) is None
+        assert snap.find_idempotency(b"k" * DIGEST_BYTES) is None
         assert snap.checkpoint() is None
         assert list(snap.iter_pending_digests()) == []
         assert list(snap.iter_leaf_hashes(0, 2)) == [(0, leaf_hash(b"a")), (1, None)]
@@ -127,16 +128,16 @@ def test_readers_see_a_snapshot(open_storage: Callable[..., Storage]) -> None:
 def test_state_survives_reopening(tmp_path: Path) -> None:
     storage = LmdbStorage(tmp_path / "db")
     tree = CompactRange()
-    _append(storage, tree, [b"a", b"b", b"c"], {b"c": b"k" * 16})
+    _append(storage, tree, [b"a", b"b", b"c"], {b"c": b"k" * DIGEST_BYTES})
     with storage.write() as w:
         w.set_checkpoint(b"note", 3)
-        w.put_idempotency(b"k" * 16, 2)
+        w.put_idempotency(b"k" * DIGEST_BYTES, 2)
     storage.close()
     storage = LmdbStorage(tmp_path / "db")
     try:
         with storage.read() as snap:
             assert snap.checkpoint() == b"note"
-            assert snap.find_idempotency(b"k" * 16) == 2
+            assert snap.find_idempotency(b"k" * DIGEST_BYTES) == 2
             assert list(snap.leaves(0, 3)) == [b"a", b"b", b"c"]
     finally:
         storage.close()

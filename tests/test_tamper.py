@@ -28,7 +28,13 @@ from e2e_support import RunningLog, Serve, run_sealog
 from sealog.client.errors import VerificationError
 from sealog.client.log_client import LogClient
 from sealog.client.proof import NodeID
-from sealog.server.storage import FORMAT_VERSION, GROUP_NODES, hash_location, stored_before
+from sealog.server.storage import (
+    DIGEST_BYTES,
+    FORMAT_VERSION,
+    GROUP_NODES,
+    hash_location,
+    stored_before,
+)
 
 _U64 = struct.Struct(">Q")
 BATCHES = (5, 8, 8)
@@ -401,18 +407,18 @@ CASES: dict[str, Case] = {
         problems=1,
     ),
     "leaf-index-beyond-the-log": Case(
-        # key: 2 bytes of the leaf hash; value: its next 6 bytes, then the index
-        put(b"leaf_index", b"\xab" * 2, b"\xab" * 6 + _U64.pack(50)),
-        ("leaf_index[abababababababab]: points to 50, beyond the stored leaves",),
+        # key: 2 bytes of the leaf hash; value: its next 4 bytes, then the index
+        put(b"leaf_index", b"\xab" * 2, b"\xab" * 4 + _U64.pack(50)),
+        ("leaf_index[abababababab]: points to 50, beyond the stored leaves",),
         problems=1,
     ),
     "leaf-index-record-deleted": Case(
         delete_first_leaf_index_record, ("leaf_index: no record for 1 leaves",), problems=1
     ),
     "idempotency-beyond-the-log": Case(
-        # key: 2 bytes of the key digest; value: its other 14 bytes, then the index
-        put(b"idempotency", b"\xcd" * 2, b"\xcd" * 14 + _U64.pack(50)),
-        (f"idempotency[{'cd' * 16}]: points to 50, beyond the stored leaves",),
+        # key: 2 bytes of the key digest; value: its other bytes, then the index
+        put(b"idempotency", b"\xcd" * 2, b"\xcd" * (DIGEST_BYTES - 2) + _U64.pack(50)),
+        (f"idempotency[{'cd' * DIGEST_BYTES}]: points to 50, beyond the stored leaves",),
         problems=1,
     ),
 }
