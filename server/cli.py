@@ -178,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait for more appends before a commit (default %(default)s)",
     )
     p.add_argument(
+        "--index-flush-entries",
+        type=int,
+        default=d.index_flush_entries,
+        help="appended leaves held in memory (about 250 bytes each) before they are written to "
+        "the leaf-hash and idempotency indexes; fewer: less memory, smaller and less efficient "
+        "index writes (default %(default)s)",
+    )
+    p.add_argument(
         "--max-queued-entries",
         type=int,
         default=d.max_queued_entries,

@@ -63,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_entries=args.max_request_entries,
         batch_max_entries=args.batch_max_entries,
         batch_max_wait_ms=args.batch_max_wait_ms,
+        index_flush_entries=args.index_flush_entries,
         max_queued_entries=args.max_queued_entries,
     )
     witnesses = witness_keys(args.witness_vkey)
