@@ -30,19 +30,14 @@ which is then counted in ``failed_permanently``, logged, and handed to
 from __future__ import annotations
 
 import atexit
-import contextlib
 import enum
-import fcntl
 import logging
-import os
 import random
 import secrets
-import struct
 import threading
 import time
-import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -55,6 +50,7 @@ from grpc_status import rpc_status
 from sealog.client.errors import SealogError
 from sealog.client.event import AuditEvent
 from sealog.client.log_client import LogClient
+from sealog.client.spool import PendingEvent, Spool, SpoolError
 
 __all__ = [
     "EventShipper",
@@ -76,10 +72,6 @@ class OverflowPolicy(enum.StrEnum):
     BLOCK = "block"
     DROP = "drop"
     SPOOL = "spool"
-
-
-class SpoolError(SealogError):
-    """The spool file cannot be used: not a spool, in use by another process, or corrupt."""
 
 
 @dataclass(frozen=True)
@@ -116,13 +108,6 @@ class FailedEvent:
     message: str
 
 
-@dataclass(frozen=True)
-class _Pending:
-    payload: bytes
-    key: str
-    queued_at: float = field(default=0.0, compare=False)
-
-
 class _Throttled:
     """A logger call that speaks at most once per ``interval_s`` and counts what it skipped."""
 
@@ -144,225 +129,6 @@ class _Throttled:
             msg += " (%d similar messages suppressed)"
             args = (*args, skipped)
         log.log(level, msg, *args)
-
-
-# --- the spool file ----------------------------------------------------------------
-_SPOOL_MAGIC = b"sealog-spool/v1\n"
-_RECORD_HEADER = struct.Struct(">II")  # body length, CRC-32 of the body
-_KEY_LEN = struct.Struct(">B")
-
-
-def _record(item: _Pending) -> bytes:
-    key = item.key.encode("ascii")
-    body = _KEY_LEN.pack(len(key)) + key + item.payload
-    return _RECORD_HEADER.pack(len(body), zlib.crc32(body)) + body
-
-
-def _parse_body(body: bytes) -> _Pending | None:
-    if not body:
-        return None
-    n = body[0]
-    if len(body) < 1 + n:
-        return None
-    try:
-        key = body[1 : 1 + n].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return _Pending(body[1 + n :], key)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _Spool:
-    """An append-only file of events waiting for the log, and the offset of the first one.
-
-    File ``PATH``: the line ``sealog-spool/v1``, then records ``u32 length ||
-    u32 crc32(body) || body`` with ``body = u8 key length || key || payload``.
-    File ``PATH.offset``: the byte offset of the first record the log has not
-    confirmed, replaced atomically. ``PATH.lock`` is held (flock) while open.
-
-    A record is fsynced before :meth:`append` returns; a torn record at the end
-    (a crash during a write, so never acknowledged) is cut off on open. A bad
-    record followed by more data is corruption: :class:`SpoolError`.
-    """
-
-    def __init__(self, path: Path, max_bytes: int | None) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self._offset_path = path.with_name(path.name + ".offset")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(
-            path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise SpoolError(f"spool {path}: in use by another process") from None
-        try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            try:
-                self._open()
-            except BaseException:
-                os.close(self._fd)
-                raise
-        except BaseException:
-            os.close(self._lock_fd)
-            raise
-
-    def _open(self) -> None:
-        size = os.fstat(self._fd).st_size
-        if size == 0:
-            self._write_all(_SPOOL_MAGIC)
-            os.fsync(self._fd)
-            _fsync_dir(self.path.parent)
-            size = len(_SPOOL_MAGIC)
-        elif os.pread(self._fd, len(_SPOOL_MAGIC), 0) != _SPOOL_MAGIC:
-            raise SpoolError(f"spool {self.path}: not a sealog spool (no sealog-spool/v1 line)")
-        offset = self._read_offset()
-        if not len(_SPOOL_MAGIC) <= offset <= size:
-            # Past the end: a crash between emptying the spool and resetting the
-            # offset. Everything before was confirmed; start over.
-            offset = len(_SPOOL_MAGIC)
-        self.offset = offset
-        self.pending, end = self._scan(offset, size)
-        if end < size:
-            log.warning(
-                "spool %s: cut off a torn record at the end (%d bytes), left by a crash "
-                "during a write (it was never acknowledged)",
-                self.path,
-                size - end,
-            )
-            os.ftruncate(self._fd, end)
-            os.fsync(self._fd)
-        self.end = end
-
-    def _read_offset(self) -> int:
-        try:
-            text = self._offset_path.read_text("ascii").strip()
-        except FileNotFoundError:
-            return len(_SPOOL_MAGIC)
-        if not text.isdigit():
-            raise SpoolError(f"spool offset {self._offset_path}: {text[:40]!r}, want a number")
-        return int(text)
-
-    def _scan(self, pos: int, size: int) -> tuple[int, int]:
-        """Count the records in ``[pos, size)``; return (count, end of the last whole one)."""
-        count = 0
-        while pos < size:
-            header = os.pread(self._fd, _RECORD_HEADER.size, pos)
-            if len(header) < _RECORD_HEADER.size:
-                break
-            length, crc = _RECORD_HEADER.unpack(header)
-            end = pos + _RECORD_HEADER.size + length
-            if end > size:
-                break
-            body = os.pread(self._fd, length, pos + _RECORD_HEADER.size)
-            if zlib.crc32(body) != crc or _parse_body(body) is None:
-                if end == size:
-                    break
-                raise SpoolError(
-                    f"spool {self.path}: record at byte {pos} is corrupt and followed by "
-                    f"{size - end} more bytes; move the file aside and inspect it"
-                )
-            pos = end
-            count += 1
-        return count, pos
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-
-    def append(self, item: _Pending) -> bool:
-        """Append and fsync one record; False when it would pass ``max_bytes``."""
-        data = _record(item)
-        if self.max_bytes is not None and self.end + len(data) > self.max_bytes:
-            return False
-        try:
-            self._write_all(data)
-            os.fdatasync(self._fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self.end)
-            raise
-        self.end += len(data)
-        self.pending += 1
-        return True
-
-    def read(self, limit: int) -> tuple[list[_Pending], int]:
-        """Up to ``limit`` records from the offset, and the offset after them."""
-        items: list[_Pending] = []
-        pos = self.offset
-        while pos < self.end and len(items) < limit:
-            length, _ = _RECORD_HEADER.unpack(os.pread(self._fd, _RECORD_HEADER.size, pos))
-            body = os.pread(self._fd, length, pos + _RECORD_HEADER.size)
-            item = _parse_body(body)
-            if item is None:  # checked by _scan; only a changed file gets here
-                raise SpoolError(f"spool {self.path}: record at byte {pos} changed under us")
-            items.append(item)
-            pos += _RECORD_HEADER.size + length
-        return items, pos
-
-    def confirm(self, offset: int, count: int) -> None:
-        """The log holds the records before ``offset``: persist that; empty the file if drained."""
-        self.offset = offset
-        self.pending -= count
-        if self.offset == self.end:
-            # Truncate first: a crash before the offset is rewritten leaves an
-            # offset past the end, which _open reads as "all confirmed".
-            os.ftruncate(self._fd, len(_SPOOL_MAGIC))
-            os.fsync(self._fd)
-            self.offset = self.end = len(_SPOOL_MAGIC)
-        self._write_offset(self.offset)
-
-    def _write_offset(self, offset: int) -> None:
-        tmp = self._offset_path.with_name(self._offset_path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, f"{offset}\n".encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._offset_path)
-        _fsync_dir(self.path.parent)
-
-    def prepend(self, head: Sequence[_Pending]) -> None:
-        """Rewrite the file as ``head`` followed by the unconfirmed records (used at close).
-
-        The offset is reset first: a crash in between replays records the log
-        already holds, which their idempotency keys make harmless.
-        """
-        rest, _ = self.read(self.pending)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            data = _SPOOL_MAGIC + b"".join(_record(item) for item in (*head, *rest))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._write_offset(len(_SPOOL_MAGIC))
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
-        os.close(self._fd)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-        self.offset = len(_SPOOL_MAGIC)
-        self.end = len(data)
-        self.pending += len(head)
-
-    def close(self) -> None:
-        os.close(self._fd)
-        os.close(self._lock_fd)  # releases the flock
 
 
 # --- error classification -----------------------------------------------------------
@@ -525,12 +291,12 @@ class EventShipper:
         self._on_error = on_error
         self._exit_timeout_s = exit_timeout_s
 
-        self._spool = _Spool(Path(spool_path), spool_max_bytes) if spool_path is not None else None
+        self._spool = Spool(Path(spool_path), spool_max_bytes) if spool_path is not None else None
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the sender waits here
         self._space = threading.Condition(self._lock)  # blocked submitters wait here
         self._progress = threading.Condition(self._lock)  # flush() waits here
-        self._buffer: deque[_Pending] = deque()
+        self._buffer: deque[PendingEvent] = deque()
         self._spooling = self._spool is not None and self._spool.pending > 0
         self._accepted = self._spool.pending if self._spool is not None else 0
         self._resolved = 0
@@ -573,7 +339,7 @@ class EventShipper:
         key = idempotency_key if idempotency_key else secrets.token_urlsafe(24)
         if not (0 < len(key) <= 128 and key.isascii() and key.isprintable()):
             raise ValueError(f"idempotency_key: {key[:40]!r}, want 1-128 printable ASCII")
-        item = _Pending(payload, key, time.monotonic())
+        item = PendingEvent(payload, key, time.monotonic())
         problem: str | None = None
         with self._lock:
             if self._closing:
@@ -606,7 +372,7 @@ class EventShipper:
         )
         return False
 
-    def _enqueue_locked(self, item: _Pending) -> None:
+    def _enqueue_locked(self, item: PendingEvent) -> None:
         self._buffer.append(item)
         self._accepted += 1
         self._submitted += 1
@@ -614,7 +380,7 @@ class EventShipper:
         if n in (1, self._batch_entries):
             self._work.notify()
 
-    def _spool_locked(self, item: _Pending) -> str | None:
+    def _spool_locked(self, item: PendingEvent) -> str | None:
         """Append to the spool; the reason when that failed."""
         assert self._spool is not None
         try:
@@ -713,7 +479,7 @@ class EventShipper:
             self._progress.notify_all()
             return self._closed_clean
 
-    def _close_spool_locked(self, leftover: list[_Pending]) -> None:
+    def _close_spool_locked(self, leftover: list[PendingEvent]) -> None:
         assert self._spool is not None
         if leftover:
             try:
@@ -781,7 +547,7 @@ class EventShipper:
                 if self._abort.wait(self._retry_max_s):
                     return
 
-    def _next_batch_locked(self) -> tuple[list[_Pending], int | None] | None:
+    def _next_batch_locked(self) -> tuple[list[PendingEvent], int | None] | None:
         """Wait for the next batch: buffered events first (they are older), then the spool.
 
         Returns (events, spool offset after them or None for buffered events),
@@ -807,10 +573,10 @@ class EventShipper:
                 self._work.wait()
         return None
 
-    def _ship(self, batch: list[_Pending]) -> _Outcome:
+    def _ship(self, batch: list[PendingEvent]) -> _Outcome:
         """Append ``batch`` in order; split a refused batch to isolate the refused events."""
         outcome = _Outcome()
-        todo: deque[list[_Pending]] = deque([batch])
+        todo: deque[list[PendingEvent]] = deque([batch])
         while todo:
             part = todo.popleft()
             error = self._append(part, outcome)
@@ -825,7 +591,7 @@ class EventShipper:
                 outcome.failed.append(FailedEvent(item.payload, item.key, code, _describe(error)))
         return outcome
 
-    def _append(self, part: list[_Pending], outcome: _Outcome) -> BaseException | None:
+    def _append(self, part: list[PendingEvent], outcome: _Outcome) -> BaseException | None:
         """Append with retries; None on success, else the permanent error."""
         attempt = 0
         while True:
@@ -863,7 +629,7 @@ class EventShipper:
             outcome.duplicates += sum(result.duplicates)
             return None
 
-    def _apply(self, batch: list[_Pending], spool_end: int | None, outcome: _Outcome) -> None:
+    def _apply(self, batch: list[PendingEvent], spool_end: int | None, outcome: _Outcome) -> None:
         with self._lock:
             if self._finished:  # close() gave up on us; it has accounted for everything
                 return
