@@ -6,15 +6,25 @@ under ``tmp_path``, and is stopped at teardown even when the test fails.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e_support import OpenLog, RunningLog, Serve, ServeProcess
+from hypothesis import settings as hypothesis_settings
 
 from sealog.client.log_client import LogClient
 from sealog.server.config import Settings
+
+# .ci/run sets SEALOG_HYPOTHESIS_PROFILE=ci: the property tests then draw the same
+# examples on every run, so a landing never depends on luck. A plain
+# `python -m pytest` draws new ones each time, and python -m bench.fuzz_parsers
+# explores for as long as it is given.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("SEALOG_HYPOTHESIS_PROFILE"):
+    hypothesis_settings.load_profile(os.environ["SEALOG_HYPOTHESIS_PROFILE"])
 
 
 @pytest.fixture
