@@ -29,8 +29,11 @@ from sealog.client.hashing import node_hash
 
 __all__ = [
     "NodeID",
+    "Path",
+    "consistency_path",
     "consistency_proof_nodes",
     "fold_subtree",
+    "inclusion_path",
     "inclusion_proof_nodes",
     "largest_power_of_two_below",
     "subtree_nodes",
@@ -99,8 +102,27 @@ def _check_size(name: str, value: int) -> None:
         raise InvalidProofError(f"{name}: {value}, want 0 <= {name} < 2^63")
 
 
-def _path_nodes(level: int, index: int, size: int) -> list[tuple[NodeID, ...]]:
-    """The siblings on the way from node ``(level, index)`` up to the root of ``D[0:size]``.
+Path = tuple[list[tuple[int, int]], list[int]]
+"""A proof's nodes as plain ``(level, index)`` pairs in proof order, and how many of
+them make up each proof element (largest first within one, as :func:`subtree_nodes`)."""
+
+
+def _add_subtrees(begin: int, end: int, nodes: list[tuple[int, int]]) -> int:
+    """Append the perfect subtrees of ``D[begin:end]`` (largest first); return how many."""
+    count = 0
+    while begin < end:
+        level = (end - begin).bit_length() - 1
+        nodes.append((level, begin >> level))
+        begin += 1 << level
+        count += 1
+    return count
+
+
+def _walk(
+    level: int, first: int, size: int, nodes: list[tuple[int, int]], groups: list[int]
+) -> None:
+    """Append the siblings on the way from the node of ``level`` that holds leaf ``first``
+    up to the root of ``D[0:size]``.
 
     At each level the sibling is a stored perfect subtree, except on the right
     edge: a sibling that starts at or beyond ``size`` is no sibling at all (the
@@ -108,37 +130,47 @@ def _path_nodes(level: int, index: int, size: int) -> list[tuple[NodeID, ...]]:
     runs past ``size`` is the subtree ``D[begin:size]``, split into perfect
     subtrees. This is RFC 6962's recursion walked bottom up.
     """
-    groups: list[tuple[NodeID, ...]] = []
     top = (size - 1).bit_length()  # the root's level
-    while level < top:
-        sibling = index ^ 1
-        begin = sibling << level
-        if sibling < index or begin + (1 << level) <= size:
-            groups.append((NodeID(level, sibling),))
-        elif begin < size:
-            groups.append(subtree_nodes(begin, size))
-        level += 1
-        index >>= 1
-    return groups
+    # Below the lowest level at which the node holding the leaf reaches past the
+    # tree's end, every sibling is a whole perfect subtree: those need no tests.
+    # That node's level is the higher of two: the highest bit in which first and
+    # size - 1 differ, plus one, and the trailing one bits of size - 1, plus one.
+    last = size - 1
+    whole = min(top, max((first ^ last).bit_length(), (last ^ (last + 1)).bit_length()) - 1)
+    for lvl in range(level, whole):
+        nodes.append((lvl, (first >> lvl) ^ 1))
+        groups.append(1)
+    for lvl in range(max(level, whole), top):
+        sibling = (first >> lvl) ^ 1
+        begin = sibling << lvl
+        if begin >= size:
+            continue
+        if begin + (1 << lvl) <= size:
+            nodes.append((lvl, sibling))
+            groups.append(1)
+        else:
+            groups.append(_add_subtrees(begin, size, nodes))
 
 
-def inclusion_proof_nodes(index: int, size: int) -> list[tuple[NodeID, ...]]:
-    """Name the nodes of the inclusion proof ``PATH(index, D[0:size])`` (RFC 6962 §2.1.1).
+def inclusion_path(index: int, size: int) -> Path:
+    """The nodes of the inclusion proof ``PATH(index, D[0:size])`` (RFC 6962 §2.1.1) as a
+    :data:`Path`, leaf end first: the order RFC 9162 §2.1.3.2 verifies in.
 
-    Returns one group of perfect subtrees per proof element, leaf end first,
-    which is the order RFC 9162 §2.1.3.2 verifies in.
     Raises :class:`InvalidProofError` unless ``0 <= index < size``.
     """
     _check_size("size", size)
     if not 0 <= index < size:
         raise InvalidProofError(f"index: {index}, want 0 <= index < size {size}")
-    return _path_nodes(0, index, size)
+    nodes: list[tuple[int, int]] = []
+    groups: list[int] = []
+    _walk(0, index, size, nodes, groups)
+    return nodes, groups
 
 
-def consistency_proof_nodes(size1: int, size2: int) -> list[tuple[NodeID, ...]]:
-    """Name the nodes of the consistency proof ``PROOF(size1, D[0:size2])`` (RFC 6962 §2.1.2).
+def consistency_path(size1: int, size2: int) -> Path:
+    """The nodes of the consistency proof ``PROOF(size1, D[0:size2])`` (RFC 6962 §2.1.2)
+    as a :data:`Path`, in proof order.
 
-    Returns one group of perfect subtrees per proof element, in proof order.
     The proof between equal sizes is empty. ``size1 == 0`` is rejected, as
     golang.org/x/mod/sumdb/tlog does: every tree is consistent with the empty
     one, so such a proof proves nothing.
@@ -147,12 +179,40 @@ def consistency_proof_nodes(size1: int, size2: int) -> list[tuple[NodeID, ...]]:
     _check_size("size2", size2)
     if not 0 < size1 <= size2:
         raise InvalidProofError(f"size1: {size1}, want 0 < size1 <= size2 {size2}")
+    nodes: list[tuple[int, int]] = []
+    groups: list[int] = []
     if size1 == size2:
-        return []
+        return nodes, groups
     # RFC 6962's SUBPROOF descends to the largest perfect subtree that ends at
     # size1; the proof is that subtree (unless it is the whole old tree, which
     # the verifier knows as the old root) and then its path to the new root.
     level = (size1 & -size1).bit_length() - 1
     index = (size1 - 1) >> level
-    path = _path_nodes(level, index, size2)
-    return path if index == 0 else [(NodeID(level, index),), *path]
+    if index:
+        nodes.append((level, index))
+        groups.append(1)
+    _walk(level, index << level, size2, nodes, groups)
+    return nodes, groups
+
+
+def _grouped(path: Path) -> list[tuple[NodeID, ...]]:
+    nodes, groups = path
+    out: list[tuple[NodeID, ...]] = []
+    pos = 0
+    for n in groups:
+        if n == 1:  # most elements: one whole perfect subtree
+            out.append((NodeID(*nodes[pos]),))
+        else:
+            out.append(tuple(NodeID(level, index) for level, index in nodes[pos : pos + n]))
+        pos += n
+    return out
+
+
+def inclusion_proof_nodes(index: int, size: int) -> list[tuple[NodeID, ...]]:
+    """:func:`inclusion_path` as one group of :class:`NodeID` per proof element."""
+    return _grouped(inclusion_path(index, size))
+
+
+def consistency_proof_nodes(size1: int, size2: int) -> list[tuple[NodeID, ...]]:
+    """:func:`consistency_path` as one group of :class:`NodeID` per proof element."""
+    return _grouped(consistency_path(size1, size2))
