@@ -276,7 +276,8 @@ def _write(out: Any, table: Any, batch: list[tuple[bytes, bytes]], dup: bool, sh
     """Append ``batch`` (in key order) in one write transaction; grow the map if needed."""
     while True:
         try:
-            with out.begin(write=True) as txn:
+            # The transaction's own table too: before lmdb 3.0 that chose APPEND or APPENDDUP.
+            with out.begin(write=True, db=table) as txn:
                 _, added = txn.cursor(db=table).putmulti(batch, dupdata=dup, append=True)
         except lmdb.MapFullError:
             out.set_mapsize(2 * int(out.info()["map_size"]))
