@@ -71,9 +71,10 @@ _DESCRIPTIONS = {
     "answers from its identity/time index; every result's inclusion proof, identity and "
     "time are verified, so an index that returns wrong entries is caught.",
     "backup": "The copy is compacted and taken in one read transaction, so it is "
-    "consistent while the log keeps serving; it holds log.vkey and the signed checkpoint "
-    "but never the private key, and is removed again if fsck on it fails. Restore by "
-    "serving the copy's folder (docs/operations.md).",
+    "consistent while the log keeps serving. It is built in DEST.incomplete-*, checked "
+    "with fsck, and appears at DEST only once verified. It holds log.vkey and the signed "
+    "checkpoint but never the private key: restore by copying the folder and putting "
+    "log.key back, or serving it with --key-file (docs/operations.md).",
     "apikey": "The key is printed once; only its SHA-256 goes into the policy file. "
     "Reload the server's policy afterwards.",
     "reload-policy": "Takes effect from the next request: a key removed from the file is "
