@@ -40,11 +40,18 @@ from dataclasses import dataclass, field
 
 from sealog.client.checkpoint import Checkpoint, sign_checkpoint
 from sealog.client.compact import CompactRange
+from sealog.client.errors import LeafFormatError
 from sealog.client.hashing import leaf_hash
-from sealog.client.leaf import Leaf
+from sealog.client.leaf import MAX_PAYLOAD_BYTES, Leaf
 from sealog.client.note import NoteSigner
 from sealog.server.config import Settings
-from sealog.server.errors import ResourceExhaustedError, UnavailableError
+from sealog.server.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    LogError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from sealog.server.index_tail import IndexTail, TailSegment
 from sealog.server.proofs import build_consistency_proof, build_inclusion_proof
 from sealog.server.storage import (
@@ -120,6 +127,13 @@ class _Request:
     start: int = -1
     end: int = -1
     frontier: tuple[bytes, ...] = ()
+    error: LogError | None = None
+    """Why this request alone is refused (nothing of it is written); the rest of its
+    batch is committed and answered as usual."""
+
+
+_NEW = -1
+"""In a request's plan: the entry is a new leaf."""
 
 
 _STOP = object()
@@ -429,6 +443,12 @@ class Sequencer:
                 self._fail(batch, e)
                 return
         self._on_checkpoint(note)
+        refused = [r for r in batch if r.error is not None]
+        for r in refused:
+            assert r.error is not None
+            r.future.set_exception(r.error)
+        if refused:
+            batch = [r for r in batch if r.error is None]
         size = self._tree.size
         try:
             with self._storage.read() as snapshot:
@@ -476,6 +496,7 @@ class Sequencer:
             r.entries.clear()
             r.start = r.end = -1
             r.frontier = ()
+            r.error = None
 
     @staticmethod
     def _fail(batch: list[_Request], error: BaseException) -> None:
@@ -502,34 +523,35 @@ class Sequencer:
         now: int,
         added: list[tuple[int, bytes, bytes | None]],
     ) -> None:
+        """Write one request's leaves, or, if the request itself is at fault, nothing.
+
+        Everything that can go wrong with one request (a leaf that cannot be
+        encoded, an idempotency key used before for another event) is decided
+        by :meth:`_plan` before anything of it is written: such a request gets
+        its own error and the batch goes on without it. What still fails here
+        is storage, which fails the batch.
+        """
+        try:
+            head, plan = self._plan(w, r, now)
+        except LogError as e:
+            r.error = e
+            return
         r.start = tree.size
         r.frontier = tree.hashes
-        tail = self.index_tail
         # Each leaf goes into the tail before its batch commits: a reader whose
         # snapshot holds the leaf then always finds it (sealog.server.index_tail).
-        segment = tail.active
-        segments = tail.view[1]
+        segment = self.index_tail.active
         prefix = identity_prefix(r.identity)
-        base = _digest_base(r.identity)
-        # The leaf header (version, time, identity) is the same for the whole request;
-        # each leaf is that, then the payload's length and the payload (docs/leaf-format.md).
-        head = Leaf(now, r.identity, b"").to_bytes()[: -_PAYLOAD_LENGTH.size]
         entries = r.entries
         run = (r.identity, now)
-        for item in r.items:
-            digest = None
-            if item.idempotency_key:
-                digest = _digest(base, item.idempotency_key)
-                existing = None
-                for seg in segments:
-                    existing = seg.by_digest.get(digest)
-                    if existing is not None:
-                        break
+        for item, (digest, existing) in zip(r.items, plan, strict=True):
+            if existing != _NEW:
+                if existing < 0:  # a repeat of an earlier entry of this request
+                    first = entries[-2 - existing]
+                    entries.append(AppendedLeaf(first.index, first.leaf, True))
                 else:
-                    existing = w.find_idempotency(digest)
-                if existing is not None:
                     entries.append(AppendedLeaf(existing, w.leaf(existing), True))
-                    continue
+                continue
             index = tree.size
             payload = item.payload
             leaf = head + _PAYLOAD_LENGTH.pack(len(payload)) + payload
@@ -542,3 +564,72 @@ class Sequencer:
             added.append((index, hashed, digest))
             entries.append(AppendedLeaf(index, leaf, False))
         r.end = tree.size
+
+    def _plan(
+        self, w: WriteBatch, r: _Request, now: int
+    ) -> tuple[bytes, list[tuple[bytes | None, int]]]:
+        """Check one request without writing anything; raise the error it alone deserves.
+
+        Returns the leaf header (version, time, identity: the same for the whole
+        request; each leaf is that, then the payload's length and the payload,
+        docs/leaf-format.md) and, per entry, its key digest and what it is:
+        :data:`_NEW`, the index of the stored leaf it repeats, or ``-2 - j`` when
+        it repeats entry ``j`` of this request.
+        """
+        try:
+            head = Leaf(now, r.identity, b"").to_bytes()[: -_PAYLOAD_LENGTH.size]
+        except (LeafFormatError, UnicodeError) as e:
+            raise InvalidArgumentError(
+                f"the caller's identity ({len(r.identity)} characters) cannot be stamped "
+                f"into a leaf: {e}"
+            ) from None
+        segments = self.index_tail.view[1]
+        base = _digest_base(r.identity)
+        seen: dict[bytes, int] = {}
+        plan: list[tuple[bytes | None, int]] = []
+        for i, item in enumerate(r.items):
+            payload = item.payload
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                raise ResourceExhaustedError(
+                    f"AppendRequest.entries[{i}].payload: {len(payload)} bytes, "
+                    f"want <= {MAX_PAYLOAD_BYTES} (the leaf format's limit)"
+                )
+            if not item.idempotency_key:
+                plan.append((None, _NEW))
+                continue
+            digest = _digest(base, item.idempotency_key)
+            earlier = seen.get(digest)
+            if earlier is not None:
+                if r.items[earlier].payload != payload:
+                    raise _key_conflict(i, item.idempotency_key, f"by entries[{earlier}]")
+                plan.append((digest, -2 - earlier))
+                continue
+            seen[digest] = i
+            existing = None
+            for seg in segments:
+                existing = seg.by_digest.get(digest)
+                if existing is not None:
+                    break
+            else:
+                existing = w.find_idempotency(digest)
+            if existing is None:
+                plan.append((digest, _NEW))
+                continue
+            if not _holds_payload(w.leaf(existing), payload):
+                raise _key_conflict(i, item.idempotency_key, f"at index {existing}")
+            plan.append((digest, existing))
+        return head, plan
+
+
+def _holds_payload(leaf: bytes, payload: bytes) -> bool:
+    """Whether a stored (well-formed) leaf ends with exactly ``payload``."""
+    size = len(payload) + _PAYLOAD_LENGTH.size
+    return len(leaf) >= size and leaf[-size:] == _PAYLOAD_LENGTH.pack(len(payload)) + payload
+
+
+def _key_conflict(i: int, key: str, where: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        f"AppendRequest.entries[{i}].idempotency_key {key!r}: this identity already "
+        f"used it for another event ({where}); only a retry of the same payload may "
+        "reuse a key, a new event needs a new key. Nothing of this request was appended."
+    )
