@@ -10,10 +10,17 @@ acknowledged; a crash after it loses nothing at all. Everything the batch
 writes is appended at the end of its table (or of one identity's records), so
 its cost does not grow with the tree.
 
-The whole batch is stamped with one acceptance time, so consecutive leaves of
-one identity usually share it: the index by identity records only where such
-a run starts (the leaf before it has another identity or time), and the
-sequencer remembers the identity and time of the last leaf to know.
+The whole batch is stamped with one acceptance time, never earlier than the
+last one. A wall clock behind the last stamp by up to ``clock_tolerance_ms``
+is absorbed (the batch gets the last stamp again); further behind, the clock
+cannot be trusted — either it jumped back or an earlier stamp came from a
+clock that had jumped forward — and the log fails closed: appends answer
+UNAVAILABLE, an ERROR is logged and the clock listeners (the health service)
+are told, until the clock is within the tolerance again (docs/operations.md,
+"Clock"). Consecutive leaves of one identity usually share a time: the index
+by identity records only where such a run starts (the leaf before it has
+another identity or time), and the sequencer remembers the identity and time
+of the last leaf to know.
 
 The leaf-hash and idempotency indexes, keyed by hashes and so written at
 random places, are written by the same thread later, in large sorted
@@ -137,6 +144,8 @@ _NEW = -1
 
 
 _STOP = object()
+_CLOCK_RECHECK_S = 1.0
+"""While the clock is behind, the sequencer looks at it this often to notice it caught up."""
 
 
 def _system_ms() -> int:
@@ -220,17 +229,33 @@ class Sequencer:
         self._queued_entries = 0
         self._lock = threading.Lock()
         self._accepting = True
+        self._clock_fault: UnavailableError | None = None
+        """Set while the clock is too far behind the last stamp: what appends are told."""
+        self._clock_listeners: list[Callable[[str | None], None]] = []
         self._thread = threading.Thread(target=self._run, name="sealog-sequencer", daemon=True)
+        self._check_clock()
 
     def start(self) -> None:
         """Start the writer thread."""
         self._thread.start()
 
+    def watch_clock(self, listener: Callable[[str | None], None]) -> None:
+        """Call ``listener`` now and on every change of the clock's state: with the
+        reason appends are refused while the clock cannot be trusted, else None.
+
+        Listeners run on the sequencer's thread and must not block.
+        """
+        with self._lock:
+            self._clock_listeners.append(listener)
+            fault = self._clock_fault
+        listener(None if fault is None else str(fault))
+
     def submit(self, items: Sequence[AppendItem], identity: str) -> Future[AppendOutcome]:
         """Queue one request's entries; they will be written together, in order.
 
         Raises :class:`ResourceExhaustedError` when the queue is full and
-        :class:`UnavailableError` when the sequencer is stopping.
+        :class:`UnavailableError` when the sequencer is stopping or its clock
+        cannot be trusted.
         """
         request = _Request(items, identity)
         with self._lock:
@@ -238,6 +263,8 @@ class Sequencer:
                 raise UnavailableError(
                     "the log is shutting down; retry against the restarted log", 1.0
                 )
+            if self._clock_fault is not None:
+                raise self._clock_fault
             limit = self._settings.max_queued_entries
             if self._queued_entries + len(items) > limit:
                 raise ResourceExhaustedError(
@@ -270,12 +297,17 @@ class Sequencer:
                 if self._flush is not None and self._flush.retry_at > time.monotonic():
                     time.sleep(min(0.1, self._flush.retry_at - time.monotonic()))
                 continue
-            first = self._next(self._wait_s())
+            wait_s = self._wait_s()
+            if self._clock_fault is not None:  # look at the clock again now and then
+                wait_s = _CLOCK_RECHECK_S if wait_s is None else min(wait_s, _CLOCK_RECHECK_S)
+            first = self._next(wait_s)
             if first is _STOP:
                 break
             if first is not None:
                 assert isinstance(first, _Request)
                 stopping = self._take_batch(first)
+            elif self._clock_fault is not None:
+                self._check_clock()
             self._index_step(idle=first is None)
         self._flush_everything()
 
@@ -423,12 +455,63 @@ class Sequencer:
                     )
                     return
 
+    # --- the clock --------------------------------------------------------
+    def _check_clock(self) -> int | None:
+        """The acceptance time for the next batch, or None (and the clock fault set)
+        while the wall clock is more than the tolerance behind the last stamp."""
+        clock = self._clock_ms()
+        behind = self._last_ms - clock
+        tolerance = self._settings.clock_tolerance_ms
+        if behind > tolerance:
+            if self._clock_fault is None:
+                fault = UnavailableError(
+                    f"the log's clock is {behind} ms behind the time of its last entry "
+                    f"(tolerance {tolerance:g} ms): appends are refused until the clock "
+                    "catches up, so no entry is stamped with an untrusted time; "
+                    "operators: docs/operations.md, 'Clock'",
+                    min(max(behind / 1000, 1.0), 60.0),
+                )
+                log.error(
+                    "clock fault: the wall clock (%d ms) is %d ms behind the last acceptance "
+                    "time (%d ms), more than the tolerance of %g ms; appends answer "
+                    "UNAVAILABLE and health says NOT_SERVING until the clock catches up",
+                    clock,
+                    behind,
+                    self._last_ms,
+                    tolerance,
+                )
+                self._set_clock_fault(fault)
+            return None
+        if self._clock_fault is not None:
+            log.warning(
+                "clock fault over: the wall clock is within %g ms of the last acceptance "
+                "time again; appends are accepted",
+                tolerance,
+            )
+            self._set_clock_fault(None)
+        return max(self._last_ms, clock)
+
+    def _set_clock_fault(self, fault: UnavailableError | None) -> None:
+        with self._lock:
+            self._clock_fault = fault
+            listeners = list(self._clock_listeners)
+        for listener in listeners:
+            try:
+                listener(None if fault is None else str(fault))
+            except Exception:
+                log.exception("a clock listener failed")
+
     def _commit(self, batch: list[_Request]) -> None:
+        now = self._check_clock()
+        if now is None:
+            assert self._clock_fault is not None
+            self._fail(batch, self._clock_fault)
+            return
         saved = self._tree.copy(), self._last_ms, self._last_leaf
         added: list[tuple[int, bytes, bytes | None]] = []
         while True:
             try:
-                note = self._write(batch, added)
+                note = self._write(batch, added, now)
                 break
             except RetryBatchError:
                 self._restore(batch, saved, added)
@@ -503,9 +586,10 @@ class Sequencer:
         for r in batch:
             r.future.set_exception(error)
 
-    def _write(self, batch: list[_Request], added: list[tuple[int, bytes, bytes | None]]) -> bytes:
+    def _write(
+        self, batch: list[_Request], added: list[tuple[int, bytes, bytes | None]], now: int
+    ) -> bytes:
         tree = self._tree
-        now = max(self._last_ms, self._clock_ms())
         with self._storage.write() as w:
             for r in batch:
                 self._write_request(w, r, tree, now, added)
