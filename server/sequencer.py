@@ -628,13 +628,13 @@ class Sequencer:
         prefix = identity_prefix(r.identity)
         entries = r.entries
         run = (r.identity, now)
-        for item, (digest, existing) in zip(r.items, plan, strict=True):
+        for item, (digest, existing, stored) in zip(r.items, plan, strict=True):
             if existing != _NEW:
                 if existing < 0:  # a repeat of an earlier entry of this request
                     first = entries[-2 - existing]
                     entries.append(AppendedLeaf(first.index, first.leaf, True))
                 else:
-                    entries.append(AppendedLeaf(existing, w.leaf(existing), True))
+                    entries.append(AppendedLeaf(existing, stored, True))
                 continue
             index = tree.size
             payload = item.payload
@@ -651,14 +651,14 @@ class Sequencer:
 
     def _plan(
         self, w: WriteBatch, r: _Request, now: int
-    ) -> tuple[bytes, list[tuple[bytes | None, int]]]:
+    ) -> tuple[bytes, list[tuple[bytes | None, int, bytes]]]:
         """Check one request without writing anything; raise the error it alone deserves.
 
         Returns the leaf header (version, time, identity: the same for the whole
         request; each leaf is that, then the payload's length and the payload,
-        docs/leaf-format.md) and, per entry, its key digest and what it is:
+        docs/leaf-format.md) and, per entry, its key digest, what it is —
         :data:`_NEW`, the index of the stored leaf it repeats, or ``-2 - j`` when
-        it repeats entry ``j`` of this request.
+        it repeats entry ``j`` of this request — and the stored leaf it repeats.
         """
         try:
             head = Leaf(now, r.identity, b"").to_bytes()[: -_PAYLOAD_LENGTH.size]
@@ -670,7 +670,7 @@ class Sequencer:
         segments = self.index_tail.view[1]
         base = _digest_base(r.identity)
         seen: dict[bytes, int] = {}
-        plan: list[tuple[bytes | None, int]] = []
+        plan: list[tuple[bytes | None, int, bytes]] = []
         for i, item in enumerate(r.items):
             payload = item.payload
             if len(payload) > MAX_PAYLOAD_BYTES:
@@ -679,14 +679,14 @@ class Sequencer:
                     f"want <= {MAX_PAYLOAD_BYTES} (the leaf format's limit)"
                 )
             if not item.idempotency_key:
-                plan.append((None, _NEW))
+                plan.append((None, _NEW, b""))
                 continue
             digest = _digest(base, item.idempotency_key)
             earlier = seen.get(digest)
             if earlier is not None:
                 if r.items[earlier].payload != payload:
                     raise _key_conflict(i, item.idempotency_key, f"by entries[{earlier}]")
-                plan.append((digest, -2 - earlier))
+                plan.append((digest, -2 - earlier, b""))
                 continue
             seen[digest] = i
             existing = None
@@ -697,18 +697,23 @@ class Sequencer:
             else:
                 existing = w.find_idempotency(digest)
             if existing is None:
-                plan.append((digest, _NEW))
+                plan.append((digest, _NEW, b""))
                 continue
-            if not _holds_payload(w.leaf(existing), payload):
+            leaf = w.leaf(existing)  # this identity's leaf: its header is as long as ours
+            if not _holds_payload(leaf, len(head), payload):
                 raise _key_conflict(i, item.idempotency_key, f"at index {existing}")
-            plan.append((digest, existing))
+            plan.append((digest, existing, leaf))
         return head, plan
 
 
-def _holds_payload(leaf: bytes, payload: bytes) -> bool:
-    """Whether a stored (well-formed) leaf ends with exactly ``payload``."""
-    size = len(payload) + _PAYLOAD_LENGTH.size
-    return len(leaf) >= size and leaf[-size:] == _PAYLOAD_LENGTH.pack(len(payload)) + payload
+def _holds_payload(leaf: bytes, head_size: int, payload: bytes) -> bool:
+    """Whether a stored leaf whose header (version, time, identity) is ``head_size``
+    bytes holds exactly ``payload``: its payload length and bytes, and nothing more."""
+    return (
+        len(leaf) == head_size + _PAYLOAD_LENGTH.size + len(payload)
+        and leaf[head_size : head_size + _PAYLOAD_LENGTH.size] == _PAYLOAD_LENGTH.pack(len(payload))
+        and leaf[head_size + _PAYLOAD_LENGTH.size :] == payload
+    )
 
 
 def _key_conflict(i: int, key: str, where: str) -> AlreadyExistsError:

@@ -135,3 +135,15 @@ def test_a_conflict_with_an_entry_of_the_same_batch(gated: tuple[Log, GateClock]
     assert isinstance(second.exception(), AlreadyExistsError)
     assert retry.result().entries[0].duplicate
     assert retry.result().entries[0].index == first.result().entries[0].index
+
+
+def test_a_payload_that_ends_the_stored_one_is_another_event(gated: tuple[Log, GateClock]) -> None:
+    """The stored payload ends with the bytes of a shorter one, length prefix and all."""
+    log, _ = gated
+    short = b"abc"
+    longer = b"zz" + len(short).to_bytes(4, "big") + short
+    log.submit([AppendItem(longer, "k")], "ci").result(10)
+
+    with pytest.raises(AlreadyExistsError):
+        log.submit([AppendItem(short, "k")], "ci").result(10)
+    assert log.submit([AppendItem(longer, "k")], "ci").result(10).entries[0].duplicate
