@@ -147,3 +147,36 @@ def test_a_payload_that_ends_the_stored_one_is_another_event(gated: tuple[Log, G
     with pytest.raises(AlreadyExistsError):
         log.submit([AppendItem(short, "k")], "ci").result(10)
     assert log.submit([AppendItem(longer, "k")], "ci").result(10).entries[0].duplicate
+
+
+def test_conflicts_are_found_in_the_stored_index_at_10000_entries(tmp_path: Path) -> None:
+    """Keys flushed to the stored idempotency index (not only the in-memory tail)."""
+
+    def opened() -> tuple[Log, LmdbStorage]:
+        storage = LmdbStorage(tmp_path / "db")
+        return Log(storage, SIGNER, SIGNER.verifier(), ORIGIN, Settings()), storage
+
+    n = 10_000
+    log, storage = opened()
+    for b in range(0, n, 1000):
+        items = [AppendItem(b"event %d" % i, f"key-{i}") for i in range(b, b + 1000)]
+        log.submit(items, "ci").result(30)
+    log.close()  # a clean stop indexes every leaf: the next start has no tail
+    storage.close()
+
+    log, storage = opened()
+    try:
+        assert log._sequencer.index_tail.low == n
+        retries = [AppendItem(b"event %d" % i, f"key-{i}") for i in range(0, n, 7)]
+        again = log.submit(retries, "ci").result(30)
+        assert all(e.duplicate for e in again.entries)
+        assert [e.index for e in again.entries] == list(range(0, n, 7))
+        assert again.size == n
+        for i in (0, 4321, n - 1):
+            with pytest.raises(AlreadyExistsError, match=f"at index {i}"):
+                log.submit([AppendItem(b"not event %d" % i, f"key-{i}")], "ci").result(30)
+        fresh = log.submit([AppendItem(b"event 0", "key-0")], "someone else").result(30)
+        assert not fresh.entries[0].duplicate  # keys are per identity
+    finally:
+        log.close()
+        storage.close()
