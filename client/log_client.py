@@ -14,6 +14,7 @@ request is retried, with the same keys, when the server is unavailable
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import secrets
 import time
@@ -53,6 +54,8 @@ _SERVICE = "sealog.v1.LogService"
 _RETRY_CODES = ("UNAVAILABLE",)
 """Retried by gRPC's retry policy (before the server has answered anything)."""
 _CLIENT_RETRY = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+DUPLICATE_CLOCK_SKEW_S = 300.0
+"""Default bound on how far a log's clock may be behind the client's (docs/api.md)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,12 @@ class LogClient:
     ``api_key`` is presented on every call (``authorization: Bearer``);
     ``credentials`` (see :func:`sealog.client.tls.channel_credentials`)
     connect with TLS, with a client certificate for mutual TLS.
+
+    ``identity``, if given, is the identity the log must have stamped into
+    every leaf an append answers (new or duplicate). ``clock_skew_s`` bounds
+    how far the log's clock may be behind this machine's: a duplicate for an
+    idempotency key this client generated must have been accepted after the
+    append was first sent, less this (docs/api.md, "Duplicate answers").
     """
 
     def __init__(
@@ -172,6 +181,8 @@ class LogClient:
         witness_max_age_s: float | None = None,
         api_key: str | None = None,
         entries_per_call: int = 100_000,
+        identity: str | None = None,
+        clock_skew_s: float = DUPLICATE_CLOCK_SKEW_S,
     ) -> None:
         self.verifier: NoteVerifier = (
             Ed25519Verifier.from_vkey(verifier) if isinstance(verifier, str) else verifier
@@ -193,6 +204,12 @@ class LogClient:
         if entries_per_call < 1:
             raise ValueError(f"entries_per_call: {entries_per_call}, want >= 1")
         self.entries_per_call = entries_per_call
+        if identity is not None and len(identity.encode()) > MAX_IDENTITY_BYTES:
+            raise ValueError(f"identity: longer than {MAX_IDENTITY_BYTES} bytes")
+        if clock_skew_s < 0:
+            raise ValueError(f"clock_skew_s: {clock_skew_s}, want >= 0")
+        self.identity = identity
+        self.clock_skew_s = clock_skew_s
         if channel is None:
             options = [
                 ("grpc.enable_retries", 1),
@@ -279,12 +296,21 @@ class LogClient:
                 for p, k in zip(payloads, keys, strict=True)
             ]
         )
+        sent_ms = time.time_ns() // 1_000_000  # before the first attempt
         response = self._call(self._stub.Append, request)
-        return self._verify_append(payloads, response)
+        generated = [not k for k in given]
+        return self._verify_append(payloads, response, generated=generated, sent_ms=sent_ms)
 
     def _verify_append(
-        self, payloads: Sequence[bytes], response: log_pb2.AppendResponse
+        self,
+        payloads: Sequence[bytes],
+        response: log_pb2.AppendResponse,
+        *,
+        generated: Sequence[bool] = (),
+        sent_ms: int = 0,
     ) -> AppendResult:
+        """Verify an Append answer; ``generated[i]`` says this client made entry i's
+        key up for this call (first sent at ``sent_ms``, this machine's clock)."""
         signed = self._open(response.checkpoint)
         cp = signed.checkpoint
         if len(response.entries) != len(payloads):
@@ -295,9 +321,11 @@ class LogClient:
         duplicates: list[bool] = []
         proofs: dict[int, tuple[bytes, ...]] = {}
         new_hashes: list[bytes] = []
+        parsed: list[Leaf] = []
         start, end = response.start, response.end
         for i, (e, payload) in enumerate(zip(response.entries, payloads, strict=True)):
             leaf = _parse_leaf(e.leaf)
+            parsed.append(leaf)
             if leaf.payload != payload:
                 raise VerificationError(
                     f"entry {i}: the log answered a leaf with another payload"
@@ -316,6 +344,7 @@ class LogClient:
                         "(new entries take consecutive indices)"
                     )
                 new_hashes.append(lh)
+        self._check_duplicates(response.entries, parsed, generated, sent_ms)
         verified = None
         if new_hashes:
             if start + len(new_hashes) != end:
@@ -332,6 +361,74 @@ class LogClient:
                 proof.consistency_proof,
             )
         return AppendResult(signed, tuple(entries), tuple(duplicates), proofs, verified)
+
+    def _check_duplicates(
+        self,
+        entries: Sequence[log_pb2.AppendedEntry],
+        leaves: Sequence[Leaf],
+        generated: Sequence[bool],
+        sent_ms: int,
+    ) -> None:
+        """Reject an answer that calls an entry a duplicate when no retry of ours can
+        have made it one (docs/api.md, "Duplicate answers"): the receipt would vouch
+        for an event the log may never have recorded.
+
+        - Every leaf of one answer carries one identity, the one the log
+          established for this call (``self.identity`` if set): keys are scoped
+          to the identity, so a duplicate's leaf carries the caller's identity.
+        - For a key this client generated, only an earlier attempt of this very
+          call can have used it: all such entries are duplicates or none is, and
+          the duplicates were accepted together (one time, indices in request
+          order), no earlier than ``sent_ms`` less ``clock_skew_s``.
+        """
+        identities = {leaf.identity for leaf in leaves}
+        if self.identity is not None and identities != {self.identity}:
+            wrong = next(i for i, leaf in enumerate(leaves) if leaf.identity != self.identity)
+            raise VerificationError(
+                f"entry {wrong}: the log stamped identity {leaves[wrong].identity!r}, "
+                f"this client authenticates as {self.identity!r}"
+                + (" (a duplicate of someone else's event?)" if entries[wrong].duplicate else "")
+            )
+        if len(identities) > 1:
+            other = next(i for i, leaf in enumerate(leaves) if leaf.identity != leaves[0].identity)
+            raise VerificationError(
+                f"entries 0 and {other}: the log stamped identities {leaves[0].identity!r} "
+                f"and {leaves[other].identity!r} into one answer: every leaf of an append, "
+                "a duplicate too (keys belong to one identity), carries the caller's identity"
+            )
+        mine = [i for i, g in enumerate(generated) if g]
+        dups = [i for i in mine if entries[i].duplicate]
+        if not dups:
+            return
+        if len(dups) != len(mine):
+            fresh = next(i for i in mine if not entries[i].duplicate)
+            raise VerificationError(
+                f"entry {dups[0]}: the log answered duplicate=true for a key this client "
+                f"generated for this call, but entry {fresh} (also a generated key) as new: "
+                "an earlier attempt of the call would have logged both"
+            )
+        not_before = sent_ms - int(self.clock_skew_s * 1000)
+        for i in dups:
+            accepted = leaves[i].accepted_at_ms
+            if accepted < not_before:
+                raise VerificationError(
+                    f"entry {i}: the log answered duplicate=true with a leaf accepted at "
+                    f"{accepted} ms, {sent_ms - accepted} ms before this append was first "
+                    f"sent (clock skew tolerance {self.clock_skew_s:g} s), for an "
+                    "idempotency key this client generated for it: no attempt of this "
+                    "call can have logged that leaf, so this event may not be in the log"
+                )
+        first = dups[0]
+        for before, i in itertools.pairwise(dups):
+            if (
+                leaves[i].accepted_at_ms != leaves[first].accepted_at_ms
+                or entries[i].index <= entries[before].index
+            ):
+                raise VerificationError(
+                    f"entries {before} and {i}: duplicates of keys this client generated "
+                    "for this call, but not of one earlier attempt (another acceptance "
+                    "time, or out of order)"
+                )
 
     # --- checkpoints and proofs ----------------------------------------------
     def checkpoint(

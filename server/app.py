@@ -265,6 +265,15 @@ class LogServer:
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
         loop.run(serving())
+
+        def on_clock(fault: str | None) -> None:
+            # While the clock cannot be trusted appends are refused: the log
+            # service says NOT_SERVING (reads still work; docs/operations.md, "Clock").
+            health = health_pb2.HealthCheckResponse
+            status = health.NOT_SERVING if fault is not None else health.SERVING
+            loop.submit(health_servicer.set(SERVICE_NAME, status))
+
+        the_log.watch_clock(on_clock)
         pusher = WitnessPusher(the_log, list(push_witnesses)).start() if push_witnesses else None
         return cls(
             the_log,

@@ -7,10 +7,15 @@ Two ways to authenticate (docs/authentication.md):
 - **API keys**: ``authorization: Bearer sealog_...`` metadata; the policy maps the
   key's SHA-256 to an identity.
 
-An API key wins over a certificate when both are presented. With no policy the
-log runs open (every RPC allowed; identities from certificates are still
-stamped into leaves); with a policy, writes are denied unless a role grants
-them, and reads are public or not as the policy says.
+An API key wins over a certificate when both are presented. The method is part
+of who the caller is: the policy says how each identity authenticates, and a
+caller holds an identity's roles only if it used that method (a certificate
+with CN=ops is not the API-key identity ``ops``). An identity longer than a
+leaf can hold (MAX_IDENTITY_BYTES) is refused here, UNAUTHENTICATED, before
+any request of it reaches the sequencer. With no policy the log runs open
+(every RPC allowed; identities from certificates are still stamped into
+leaves); with a policy, writes are denied unless a role grants them, and reads
+are public or not as the policy says.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import grpc
 
 from sealog.client.identity import identity_from_certificate
+from sealog.client.leaf import MAX_IDENTITY_BYTES
 from sealog.server.errors import PermissionDeniedError, UnauthenticatedError
 from sealog.server.policy import Policy
 
@@ -79,7 +85,9 @@ class Authenticator:
         certs = context.auth_context().get("x509_pem_cert")
         if certs:
             first = certs if isinstance(certs, bytes) else next(iter(certs))
-            return Principal(identity_from_certificate(first), "mtls")
+            identity = identity_from_certificate(first)
+            _check_certificate_identity(identity)
+            return Principal(identity, "mtls")
         return Principal("", "anonymous")
 
     def authorize(self, principal: Principal, role: str, action: str) -> None:
@@ -94,7 +102,33 @@ class Authenticator:
                 f"{action} needs an identity: present a client certificate or an API key "
                 "('authorization: Bearer ...')"
             )
-        if role not in policy.roles_of(principal.identity):
+        if role not in policy.roles_of(principal.identity, principal.method):
+            entry = policy.identities.get(principal.identity)
+            if entry is not None and entry.auth != principal.method:
+                raise PermissionDeniedError(
+                    f"identity {principal.identity!r} authenticates with "
+                    f"{_METHOD_NAMES[entry.auth]} (policy auth = {entry.auth!r}); "
+                    f"{_METHOD_NAMES[principal.method]} cannot act as it"
+                )
             raise PermissionDeniedError(
                 f"identity {principal.identity!r} may not {action} (it needs role {role!r})"
             )
+
+
+_METHOD_NAMES = {"mtls": "a client certificate", "api_key": "an API key", "anonymous": "nothing"}
+
+
+def _check_certificate_identity(identity: str) -> None:
+    """Refuse a certificate whose identity no leaf can hold: nothing it sends is usable."""
+    try:
+        size = len(identity.encode("utf-8"))
+    except UnicodeError:
+        raise UnauthenticatedError(
+            "the client certificate's identity (URI SAN, else CN) is not valid UTF-8 text"
+        ) from None
+    if size > MAX_IDENTITY_BYTES:
+        raise UnauthenticatedError(
+            f"the client certificate's identity (URI SAN, else CN) is {size} bytes, longer "
+            f"than the {MAX_IDENTITY_BYTES} a leaf can hold: use a certificate with a "
+            "shorter SPIFFE ID"
+        )

@@ -49,6 +49,10 @@ class Settings:
     """At this many leaves not yet indexed, appends wait for the running flush to finish."""
     append_timeout_s: float = 30.0
     """How long an Append waits for its commit before answering UNAVAILABLE."""
+    clock_tolerance_ms: float = 1000.0
+    """How far the wall clock may be behind the last acceptance time and the log still
+    appends (stamping the last time again); further behind, appends answer UNAVAILABLE
+    until the clock catches up (docs/operations.md, "Clock")."""
     max_workers: int = 128
     """Threads for the RPCs that may take long (entry pages, searches, cosignatures,
     policy reloads); the others run on the gRPC server's event loop."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sealog.client.errors import SealogError
 
 __all__ = [
+    "AlreadyExistsError",
     "InvalidArgumentError",
     "LogError",
     "NotFoundError",
@@ -30,6 +31,11 @@ class LogError(SealogError):
 
 class InvalidArgumentError(LogError):
     """A request field breaks a rule; the message names the field, the value and the rule."""
+
+
+class AlreadyExistsError(LogError):
+    """What the request would create already stands for something else: an idempotency
+    key the caller used before for another event (docs/api.md, "Idempotency keys")."""
 
 
 class OutOfRangeError(LogError):

@@ -273,6 +273,11 @@ class Log:
         """Queue entries for appending; the future completes once they are committed."""
         return self._sequencer.submit(items, identity)
 
+    def watch_clock(self, listener: Callable[[str | None], None]) -> None:
+        """Tell ``listener`` now, and on each change, whether appends are refused because
+        the clock is behind the last entry's time (a message) or not (None)."""
+        self._sequencer.watch_clock(listener)
+
     def close(self) -> None:
         """Commit and answer what is queued, then stop writing."""
         self._sequencer.stop()

@@ -13,10 +13,17 @@ A TOML file (docs/authentication.md)::
     [[identity]]
     name = "ci-bot"
     roles = ["append"]
+    auth = "api_key"              # optional: how this identity authenticates (below)
 
     [[api_key]]
     identity = "ci-bot"
     sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+Each identity authenticates one way, its ``auth``: ``"mtls"`` (a client
+certificate whose URI SAN, else CN, is the name) or ``"api_key"``. A caller
+holds an identity's roles only if it authenticated that way, so a certificate
+whose CN is the name of an API-key identity gets nothing. Without ``auth`` an
+identity that some ``[[api_key]]`` names is ``"api_key"``, any other ``"mtls"``.
 
 API keys are stored only as the SHA-256 of the token. Writes are denied unless
 a role grants them. The file is re-read on SIGHUP or the admin Reload RPC;
@@ -30,7 +37,7 @@ import hmac
 import secrets
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,7 @@ from sealog.client.errors import SealogError
 from sealog.client.leaf import MAX_IDENTITY_BYTES
 
 __all__ = [
+    "AUTH_METHODS",
     "ROLES",
     "IdentityPolicy",
     "Policy",
@@ -47,6 +55,8 @@ __all__ = [
 ]
 
 ROLES = ("append", "read", "witness", "admin")
+AUTH_METHODS = ("mtls", "api_key")
+"""How an identity authenticates; the same words as :attr:`~sealog.server.auth.Principal.method`."""
 API_KEY_PREFIX = "sealog_"
 
 
@@ -72,6 +82,8 @@ class IdentityPolicy:
     roles: frozenset[str]
     appends_per_second: float | None = None
     burst: float | None = None
+    auth: str = "mtls"
+    """How a caller proves it is this identity: one of :data:`AUTH_METHODS`."""
 
 
 @dataclass(frozen=True)
@@ -92,10 +104,16 @@ class Policy:
                 return identity
         return None
 
-    def roles_of(self, identity: str) -> frozenset[str]:
-        """The roles of an identity (none if it is not in the policy)."""
+    def roles_of(self, identity: str, method: str) -> frozenset[str]:
+        """The roles of ``identity`` for a caller that authenticated by ``method``.
+
+        None if the policy does not list the identity, or lists it with another
+        ``auth``: one kind of credential never takes another kind's name.
+        """
         entry = self.identities.get(identity)
-        return entry.roles if entry is not None else frozenset()
+        if entry is None or entry.auth != method:
+            return frozenset()
+        return entry.roles
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -118,11 +136,13 @@ class Policy:
         if not isinstance(public_read, bool):
             raise PolicyError(f"{where}: public_read: {public_read!r}, want true or false")
         identities: dict[str, IdentityPolicy] = {}
+        declared: dict[str, str | None] = {}
         for i, entry in enumerate(_tables(data, "identity", where)):
-            ident = _identity(entry, f"{where}: identity[{i}]")
+            ident, auth = _identity(entry, f"{where}: identity[{i}]")
             if ident.name in identities:
                 raise PolicyError(f"{where}: identity[{i}]: {ident.name!r} listed twice")
             identities[ident.name] = ident
+            declared[ident.name] = auth
         api_keys: dict[str, str] = {}
         for i, entry in enumerate(_tables(data, "api_key", where)):
             at = f"{where}: api_key[{i}]"
@@ -139,7 +159,17 @@ class Policy:
                 raise PolicyError(f"{at}: sha256 {digest!r}, want 64 lowercase hex digits")
             if digest in api_keys:
                 raise PolicyError(f"{at}: the same key is listed twice")
+            if declared[identity] not in (None, "api_key"):
+                raise PolicyError(
+                    f"{at}: identity {identity!r} has auth = {declared[identity]!r}; an API "
+                    'key may only stand for an identity with auth = "api_key" (or no auth)'
+                )
             api_keys[digest] = identity
+        keyed = set(api_keys.values())
+        for name, ident in identities.items():
+            auth = declared[name] or ("api_key" if name in keyed else "mtls")
+            if auth != ident.auth:
+                identities[name] = replace(ident, auth=auth)
         return cls(public_read, identities, api_keys, source)
 
 
@@ -154,8 +184,9 @@ def _tables(data: Mapping[str, Any], key: str, where: str) -> list[Mapping[str, 
     return value
 
 
-def _identity(entry: Mapping[str, Any], at: str) -> IdentityPolicy:
-    unknown = set(entry) - {"name", "roles", "appends_per_second", "burst", "comment"}
+def _identity(entry: Mapping[str, Any], at: str) -> tuple[IdentityPolicy, str | None]:
+    """The identity an [[identity]] table describes, and its ``auth`` if it says one."""
+    unknown = set(entry) - {"name", "roles", "appends_per_second", "burst", "auth", "comment"}
     if unknown:
         raise PolicyError(f"{at}: unknown keys {sorted(unknown)}")
     name = entry.get("name")
@@ -173,9 +204,15 @@ def _identity(entry: Mapping[str, Any], at: str) -> IdentityPolicy:
             raise PolicyError(f"{at}: {label} {value!r}, want a number > 0")
     if burst is not None and rate is None:
         raise PolicyError(f"{at}: burst without appends_per_second")
-    return IdentityPolicy(
+    auth = entry.get("auth")
+    if auth is not None and auth not in AUTH_METHODS:
+        raise PolicyError(
+            f"{at}: auth {auth!r}, want one of {', '.join(repr(m) for m in AUTH_METHODS)}"
+        )
+    ident = IdentityPolicy(
         name,
         frozenset(roles),
         float(rate) if rate is not None else None,
         float(burst) if burst is not None else None,
     )
+    return ident, auth

@@ -10,10 +10,17 @@ acknowledged; a crash after it loses nothing at all. Everything the batch
 writes is appended at the end of its table (or of one identity's records), so
 its cost does not grow with the tree.
 
-The whole batch is stamped with one acceptance time, so consecutive leaves of
-one identity usually share it: the index by identity records only where such
-a run starts (the leaf before it has another identity or time), and the
-sequencer remembers the identity and time of the last leaf to know.
+The whole batch is stamped with one acceptance time, never earlier than the
+last one. A wall clock behind the last stamp by up to ``clock_tolerance_ms``
+is absorbed (the batch gets the last stamp again); further behind, the clock
+cannot be trusted — either it jumped back or an earlier stamp came from a
+clock that had jumped forward — and the log fails closed: appends answer
+UNAVAILABLE, an ERROR is logged and the clock listeners (the health service)
+are told, until the clock is within the tolerance again (docs/operations.md,
+"Clock"). Consecutive leaves of one identity usually share a time: the index
+by identity records only where such a run starts (the leaf before it has
+another identity or time), and the sequencer remembers the identity and time
+of the last leaf to know.
 
 The leaf-hash and idempotency indexes, keyed by hashes and so written at
 random places, are written by the same thread later, in large sorted
@@ -40,11 +47,18 @@ from dataclasses import dataclass, field
 
 from sealog.client.checkpoint import Checkpoint, sign_checkpoint
 from sealog.client.compact import CompactRange
+from sealog.client.errors import LeafFormatError
 from sealog.client.hashing import leaf_hash
-from sealog.client.leaf import Leaf
+from sealog.client.leaf import MAX_PAYLOAD_BYTES, Leaf
 from sealog.client.note import NoteSigner
 from sealog.server.config import Settings
-from sealog.server.errors import ResourceExhaustedError, UnavailableError
+from sealog.server.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    LogError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from sealog.server.index_tail import IndexTail, TailSegment
 from sealog.server.proofs import build_consistency_proof, build_inclusion_proof
 from sealog.server.storage import (
@@ -120,9 +134,18 @@ class _Request:
     start: int = -1
     end: int = -1
     frontier: tuple[bytes, ...] = ()
+    error: LogError | None = None
+    """Why this request alone is refused (nothing of it is written); the rest of its
+    batch is committed and answered as usual."""
+
+
+_NEW = -1
+"""In a request's plan: the entry is a new leaf."""
 
 
 _STOP = object()
+_CLOCK_RECHECK_S = 1.0
+"""While the clock is behind, the sequencer looks at it this often to notice it caught up."""
 
 
 def _system_ms() -> int:
@@ -206,17 +229,33 @@ class Sequencer:
         self._queued_entries = 0
         self._lock = threading.Lock()
         self._accepting = True
+        self._clock_fault: UnavailableError | None = None
+        """Set while the clock is too far behind the last stamp: what appends are told."""
+        self._clock_listeners: list[Callable[[str | None], None]] = []
         self._thread = threading.Thread(target=self._run, name="sealog-sequencer", daemon=True)
+        self._check_clock()
 
     def start(self) -> None:
         """Start the writer thread."""
         self._thread.start()
 
+    def watch_clock(self, listener: Callable[[str | None], None]) -> None:
+        """Call ``listener`` now and on every change of the clock's state: with the
+        reason appends are refused while the clock cannot be trusted, else None.
+
+        Listeners run on the sequencer's thread and must not block.
+        """
+        with self._lock:
+            self._clock_listeners.append(listener)
+            fault = self._clock_fault
+        listener(None if fault is None else str(fault))
+
     def submit(self, items: Sequence[AppendItem], identity: str) -> Future[AppendOutcome]:
         """Queue one request's entries; they will be written together, in order.
 
         Raises :class:`ResourceExhaustedError` when the queue is full and
-        :class:`UnavailableError` when the sequencer is stopping.
+        :class:`UnavailableError` when the sequencer is stopping or its clock
+        cannot be trusted.
         """
         request = _Request(items, identity)
         with self._lock:
@@ -224,6 +263,8 @@ class Sequencer:
                 raise UnavailableError(
                     "the log is shutting down; retry against the restarted log", 1.0
                 )
+            if self._clock_fault is not None:
+                raise self._clock_fault
             limit = self._settings.max_queued_entries
             if self._queued_entries + len(items) > limit:
                 raise ResourceExhaustedError(
@@ -256,12 +297,17 @@ class Sequencer:
                 if self._flush is not None and self._flush.retry_at > time.monotonic():
                     time.sleep(min(0.1, self._flush.retry_at - time.monotonic()))
                 continue
-            first = self._next(self._wait_s())
+            wait_s = self._wait_s()
+            if self._clock_fault is not None:  # look at the clock again now and then
+                wait_s = _CLOCK_RECHECK_S if wait_s is None else min(wait_s, _CLOCK_RECHECK_S)
+            first = self._next(wait_s)
             if first is _STOP:
                 break
             if first is not None:
                 assert isinstance(first, _Request)
                 stopping = self._take_batch(first)
+            elif self._clock_fault is not None:
+                self._check_clock()
             self._index_step(idle=first is None)
         self._flush_everything()
 
@@ -409,12 +455,63 @@ class Sequencer:
                     )
                     return
 
+    # --- the clock --------------------------------------------------------
+    def _check_clock(self) -> int | None:
+        """The acceptance time for the next batch, or None (and the clock fault set)
+        while the wall clock is more than the tolerance behind the last stamp."""
+        clock = self._clock_ms()
+        behind = self._last_ms - clock
+        tolerance = self._settings.clock_tolerance_ms
+        if behind > tolerance:
+            if self._clock_fault is None:
+                fault = UnavailableError(
+                    f"the log's clock is {behind} ms behind the time of its last entry "
+                    f"(tolerance {tolerance:g} ms): appends are refused until the clock "
+                    "catches up, so no entry is stamped with an untrusted time; "
+                    "operators: docs/operations.md, 'Clock'",
+                    min(max(behind / 1000, 1.0), 60.0),
+                )
+                log.error(
+                    "clock fault: the wall clock (%d ms) is %d ms behind the last acceptance "
+                    "time (%d ms), more than the tolerance of %g ms; appends answer "
+                    "UNAVAILABLE and health says NOT_SERVING until the clock catches up",
+                    clock,
+                    behind,
+                    self._last_ms,
+                    tolerance,
+                )
+                self._set_clock_fault(fault)
+            return None
+        if self._clock_fault is not None:
+            log.warning(
+                "clock fault over: the wall clock is within %g ms of the last acceptance "
+                "time again; appends are accepted",
+                tolerance,
+            )
+            self._set_clock_fault(None)
+        return max(self._last_ms, clock)
+
+    def _set_clock_fault(self, fault: UnavailableError | None) -> None:
+        with self._lock:
+            self._clock_fault = fault
+            listeners = list(self._clock_listeners)
+        for listener in listeners:
+            try:
+                listener(None if fault is None else str(fault))
+            except Exception:
+                log.exception("a clock listener failed")
+
     def _commit(self, batch: list[_Request]) -> None:
+        now = self._check_clock()
+        if now is None:
+            assert self._clock_fault is not None
+            self._fail(batch, self._clock_fault)
+            return
         saved = self._tree.copy(), self._last_ms, self._last_leaf
         added: list[tuple[int, bytes, bytes | None]] = []
         while True:
             try:
-                note = self._write(batch, added)
+                note = self._write(batch, added, now)
                 break
             except RetryBatchError:
                 self._restore(batch, saved, added)
@@ -429,6 +526,12 @@ class Sequencer:
                 self._fail(batch, e)
                 return
         self._on_checkpoint(note)
+        refused = [r for r in batch if r.error is not None]
+        for r in refused:
+            assert r.error is not None
+            r.future.set_exception(r.error)
+        if refused:
+            batch = [r for r in batch if r.error is None]
         size = self._tree.size
         try:
             with self._storage.read() as snapshot:
@@ -476,15 +579,17 @@ class Sequencer:
             r.entries.clear()
             r.start = r.end = -1
             r.frontier = ()
+            r.error = None
 
     @staticmethod
     def _fail(batch: list[_Request], error: BaseException) -> None:
         for r in batch:
             r.future.set_exception(error)
 
-    def _write(self, batch: list[_Request], added: list[tuple[int, bytes, bytes | None]]) -> bytes:
+    def _write(
+        self, batch: list[_Request], added: list[tuple[int, bytes, bytes | None]], now: int
+    ) -> bytes:
         tree = self._tree
-        now = max(self._last_ms, self._clock_ms())
         with self._storage.write() as w:
             for r in batch:
                 self._write_request(w, r, tree, now, added)
@@ -502,34 +607,35 @@ class Sequencer:
         now: int,
         added: list[tuple[int, bytes, bytes | None]],
     ) -> None:
+        """Write one request's leaves, or, if the request itself is at fault, nothing.
+
+        Everything that can go wrong with one request (a leaf that cannot be
+        encoded, an idempotency key used before for another event) is decided
+        by :meth:`_plan` before anything of it is written: such a request gets
+        its own error and the batch goes on without it. What still fails here
+        is storage, which fails the batch.
+        """
+        try:
+            head, plan = self._plan(w, r, now)
+        except LogError as e:
+            r.error = e
+            return
         r.start = tree.size
         r.frontier = tree.hashes
-        tail = self.index_tail
         # Each leaf goes into the tail before its batch commits: a reader whose
         # snapshot holds the leaf then always finds it (sealog.server.index_tail).
-        segment = tail.active
-        segments = tail.view[1]
+        segment = self.index_tail.active
         prefix = identity_prefix(r.identity)
-        base = _digest_base(r.identity)
-        # The leaf header (version, time, identity) is the same for the whole request;
-        # each leaf is that, then the payload's length and the payload (docs/leaf-format.md).
-        head = Leaf(now, r.identity, b"").to_bytes()[: -_PAYLOAD_LENGTH.size]
         entries = r.entries
         run = (r.identity, now)
-        for item in r.items:
-            digest = None
-            if item.idempotency_key:
-                digest = _digest(base, item.idempotency_key)
-                existing = None
-                for seg in segments:
-                    existing = seg.by_digest.get(digest)
-                    if existing is not None:
-                        break
+        for item, (digest, existing, stored) in zip(r.items, plan, strict=True):
+            if existing != _NEW:
+                if existing < 0:  # a repeat of an earlier entry of this request
+                    first = entries[-2 - existing]
+                    entries.append(AppendedLeaf(first.index, first.leaf, True))
                 else:
-                    existing = w.find_idempotency(digest)
-                if existing is not None:
-                    entries.append(AppendedLeaf(existing, w.leaf(existing), True))
-                    continue
+                    entries.append(AppendedLeaf(existing, stored, True))
+                continue
             index = tree.size
             payload = item.payload
             leaf = head + _PAYLOAD_LENGTH.pack(len(payload)) + payload
@@ -542,3 +648,77 @@ class Sequencer:
             added.append((index, hashed, digest))
             entries.append(AppendedLeaf(index, leaf, False))
         r.end = tree.size
+
+    def _plan(
+        self, w: WriteBatch, r: _Request, now: int
+    ) -> tuple[bytes, list[tuple[bytes | None, int, bytes]]]:
+        """Check one request without writing anything; raise the error it alone deserves.
+
+        Returns the leaf header (version, time, identity: the same for the whole
+        request; each leaf is that, then the payload's length and the payload,
+        docs/leaf-format.md) and, per entry, its key digest, what it is —
+        :data:`_NEW`, the index of the stored leaf it repeats, or ``-2 - j`` when
+        it repeats entry ``j`` of this request — and the stored leaf it repeats.
+        """
+        try:
+            head = Leaf(now, r.identity, b"").to_bytes()[: -_PAYLOAD_LENGTH.size]
+        except (LeafFormatError, UnicodeError) as e:
+            raise InvalidArgumentError(
+                f"the caller's identity ({len(r.identity)} characters) cannot be stamped "
+                f"into a leaf: {e}"
+            ) from None
+        segments = self.index_tail.view[1]
+        base = _digest_base(r.identity)
+        seen: dict[bytes, int] = {}
+        plan: list[tuple[bytes | None, int, bytes]] = []
+        for i, item in enumerate(r.items):
+            payload = item.payload
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                raise ResourceExhaustedError(
+                    f"AppendRequest.entries[{i}].payload: {len(payload)} bytes, "
+                    f"want <= {MAX_PAYLOAD_BYTES} (the leaf format's limit)"
+                )
+            if not item.idempotency_key:
+                plan.append((None, _NEW, b""))
+                continue
+            digest = _digest(base, item.idempotency_key)
+            earlier = seen.get(digest)
+            if earlier is not None:
+                if r.items[earlier].payload != payload:
+                    raise _key_conflict(i, item.idempotency_key, f"by entries[{earlier}]")
+                plan.append((digest, -2 - earlier, b""))
+                continue
+            seen[digest] = i
+            existing = None
+            for seg in segments:
+                existing = seg.by_digest.get(digest)
+                if existing is not None:
+                    break
+            else:
+                existing = w.find_idempotency(digest)
+            if existing is None:
+                plan.append((digest, _NEW, b""))
+                continue
+            leaf = w.leaf(existing)  # this identity's leaf: its header is as long as ours
+            if not _holds_payload(leaf, len(head), payload):
+                raise _key_conflict(i, item.idempotency_key, f"at index {existing}")
+            plan.append((digest, existing, leaf))
+        return head, plan
+
+
+def _holds_payload(leaf: bytes, head_size: int, payload: bytes) -> bool:
+    """Whether a stored leaf whose header (version, time, identity) is ``head_size``
+    bytes holds exactly ``payload``: its payload length and bytes, and nothing more."""
+    return (
+        len(leaf) == head_size + _PAYLOAD_LENGTH.size + len(payload)
+        and leaf[head_size : head_size + _PAYLOAD_LENGTH.size] == _PAYLOAD_LENGTH.pack(len(payload))
+        and leaf[head_size + _PAYLOAD_LENGTH.size :] == payload
+    )
+
+
+def _key_conflict(i: int, key: str, where: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        f"AppendRequest.entries[{i}].idempotency_key {key!r}: this identity already "
+        f"used it for another event ({where}); only a retry of the same payload may "
+        "reuse a key, a new event needs a new key. Nothing of this request was appended."
+    )

@@ -32,6 +32,7 @@ from sealog.server import validate
 from sealog.server.auth import Authenticator, Principal
 from sealog.server.config import Settings
 from sealog.server.errors import (
+    AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
     OutOfRangeError,
@@ -56,6 +57,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidProofError, grpc.StatusCode.INVALID_ARGUMENT),
     (OutOfRangeError, grpc.StatusCode.OUT_OF_RANGE),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (PolicyError, grpc.StatusCode.FAILED_PRECONDITION),

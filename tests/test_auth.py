@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,3 +262,85 @@ def test_signing_key_rotation_keeps_every_client_verifying(tmp_path: Path) -> No
             assert later.checkpoint.size == 4
     finally:
         only_new.stop()
+
+
+def test_a_certificate_cannot_take_an_api_key_identitys_name(world: World) -> None:
+    """A CA-signed certificate with CN=ops (no SAN) is not the API-key identity ``ops``."""
+    fake_ops = world.ca.issue("fake-ops", cn="ops")
+    with pytest.raises(grpc.RpcError) as info:
+        world.client(fake_ops).reload_policy()
+    assert _code(info) == grpc.StatusCode.PERMISSION_DENIED
+    assert "authenticates with an API key" in info.value.details()  # type: ignore[attr-defined]
+    fake_ci = world.ca.issue("fake-ci", cn="ci-bot")
+    with pytest.raises(grpc.RpcError) as append:
+        world.client(fake_ci).append(b"stamped as ci-bot?")
+    assert _code(append) == grpc.StatusCode.PERMISSION_DENIED
+    assert world.client(api_key=world.admin_key).reload_policy() == (5, 3)  # the real ops
+
+
+def test_an_api_key_cannot_take_a_certificate_identitys_name(world: World) -> None:
+    """The other way round: an API key may only stand for an identity with auth = "api_key"."""
+    token = new_api_key()
+    text = world.policy_file.read_text()
+    text += f'[[api_key]]\nidentity = "auditor-bot"\nsha256 = "{hash_api_key(token)}"\n'
+    text = text.replace('name = "auditor-bot"\n', 'name = "auditor-bot"\nauth = "mtls"\n')
+    world.policy_file.write_text(text)
+    with pytest.raises(grpc.RpcError) as info:
+        world.client(api_key=world.admin_key).reload_policy()
+    assert _code(info) == grpc.StatusCode.FAILED_PRECONDITION
+    assert "auth = 'mtls'" in info.value.details()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def open_mtls(tmp_path: Path) -> Iterator[tuple[LogServer, TestCA]]:
+    """A log with mutual TLS and no policy: certificate identities are stamped as they are."""
+    ca = TestCA(tmp_path / "pki")
+    cert = ca.issue("server", cn="localhost", dns=("localhost",), ips=("127.0.0.1",), server=True)
+    server = LogServer.open(
+        tmp_path / "data",
+        address="localhost:0",
+        tls=TlsFiles(cert.cert_file, cert.key_file, ca.ca_file),
+    )
+    try:
+        yield server, ca
+    finally:
+        server.stop()
+
+
+def test_an_overlong_certificate_identity_is_refused_and_harms_no_other_append(
+    open_mtls: tuple[LogServer, TestCA],
+) -> None:
+    server, ca = open_mtls
+    long_uri = "spiffe://example.org/" + "a" * 1100  # over MAX_IDENTITY_BYTES
+    bad = ca.issue("long", cn="long", uri=long_uri)
+    good = ca.issue("good", cn="good", uri=SPIFFE_BILLING)
+    vkey = server.signer.verifier().vkey
+
+    def client(cert: Issued) -> LogClient:
+        creds = channel_credentials(ca.ca_file, cert.cert_file, cert.key_file)
+        return LogClient(
+            f"localhost:{server.port}", vkey, credentials=creds, timeout=10, max_attempts=1
+        )
+
+    errors: list[grpc.RpcError] = []
+    receipts = []
+    with client(bad) as offender, client(good) as innocent:
+
+        def attack() -> None:
+            for _ in range(20):
+                try:
+                    offender.append(b"from a very long identity")
+                except grpc.RpcError as e:
+                    errors.append(e)
+
+        thread = threading.Thread(target=attack)
+        thread.start()
+        for i in range(50):
+            receipts.append(innocent.append(b"innocent %d" % i))
+        thread.join()
+        assert len(errors) == 20
+        assert {e.code() for e in errors} == {grpc.StatusCode.UNAUTHENTICATED}
+        assert "1024" in (errors[0].details() or "")
+        assert "shorter SPIFFE ID" in (errors[0].details() or "")
+        assert innocent.checkpoint().checkpoint.size == 50
+        assert [r.index for r in receipts] == list(range(50))

@@ -275,7 +275,10 @@ def test_kill_9_between_ack_and_flush_loses_no_index(tmp_path: Path) -> None:
     identity = "spiffe://example.org/ns/ci/sa/deployer"
     with opened(db, NEVER) as log:
         # Right after the restart: retries return the original leaves ...
-        again = log.append([AppendItem(b"anything", key) for _, _, key in acked], identity)
+        retries = [
+            AppendItem(Leaf.parse(bytes.fromhex(leaf)).payload, key) for _, leaf, key in acked
+        ]
+        again = log.append(retries, identity)
         assert again.end == 150
         assert [(e.index, e.leaf.hex()) for e in again.entries] == [
             (index, leaf) for index, leaf, _ in acked

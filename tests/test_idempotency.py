@@ -8,7 +8,6 @@ import grpc
 import pytest
 from e2e_support import OpenLog, RunningLog, TamperInterceptor, run_threads
 
-from sealog.client.errors import VerificationError
 from sealog.client.log_client import LogClient
 from sealog.server.config import Settings
 from sealog.v1 import log_pb2
@@ -137,13 +136,29 @@ def test_a_key_repeated_inside_one_request(log: RunningLog, client: LogClient) -
     assert payloads_in_log(client) == [b"x", b"y"]
 
 
-def test_a_key_reused_for_another_event_is_an_error(client: LogClient) -> None:
+def test_a_key_reused_for_another_event_is_already_exists(client: LogClient) -> None:
     client.append(b"deploy v1", idempotency_key="release")
 
-    with pytest.raises(VerificationError, match="idempotency key reused"):
+    with pytest.raises(grpc.RpcError) as info:
         client.append(b"deploy v2", idempotency_key="release")
 
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "'release'" in (info.value.details() or "")
+    assert "new event needs a new key" in (info.value.details() or "")
     assert payloads_in_log(client) == [b"deploy v1"]
+
+
+def test_a_key_reused_for_another_event_inside_one_request_is_already_exists(
+    client: LogClient,
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        client.append_batch([b"x", b"y", b"z"], idempotency_keys=["k1", "k2", "k1"])
+
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "entries[2].idempotency_key 'k1'" in (info.value.details() or "")
+    assert payloads_in_log(client) == []  # the request is atomic: nothing of it landed
+    result = client.append_batch([b"x", b"y", b"x"], idempotency_keys=["k1", "k2", "k1"])
+    assert result.duplicates == (False, False, True)
 
 
 def test_concurrent_retries_of_one_event_are_one_leaf(log: RunningLog) -> None:

@@ -38,8 +38,8 @@ sha256 = "{hash_api_key(token)}"
     assert not policy.public_read
     assert policy.identity_for_api_key(token) == "ci-bot"
     assert policy.identity_for_api_key(token + "x") is None
-    assert policy.roles_of("ci-bot") == {"append"}
-    assert policy.roles_of("someone else") == frozenset()
+    assert policy.roles_of("ci-bot", "api_key") == {"append"}
+    assert policy.roles_of("someone else", "api_key") == frozenset()
     assert token not in path.read_text()  # only the hash is stored
 
 
@@ -55,6 +55,12 @@ sha256 = "{hash_api_key(token)}"
         ('[[identity]]\nname = "a"\nburst = 3', "burst without"),
         ('[[identity]]\nname = "a"\nappends_per_second = 0', "appends_per_second"),
         ("typo = 1", "unknown keys"),
+        ('[[identity]]\nname = "a"\nauth = "password"', "auth 'password', want one of"),
+        (
+            '[[identity]]\nname = "a"\nauth = "mtls"\n[[api_key]]\nidentity = "a"\n'
+            'sha256 = "' + "0" * 64 + '"',
+            "may only stand for an identity with auth",
+        ),
         ("not toml [", "policy.toml"),
     ],
 )
@@ -84,3 +90,36 @@ def test_certificate_identity_is_the_spiffe_id_else_the_cn(tmp_path: Path) -> No
     plain = ca.issue("b", cn="deploy-bot")
     assert identity_from_certificate(with_uri.cert_file.read_bytes()) == spiffe
     assert identity_from_certificate(plain.cert_file.read_bytes()) == "deploy-bot"
+
+
+def test_each_identity_authenticates_one_way(tmp_path: Path) -> None:
+    """Certificate names and API-key names are separate: roles depend on the method."""
+    path = _write(
+        tmp_path,
+        f"""
+[[identity]]
+name = "ops"
+roles = ["admin"]
+[[identity]]
+name = "deploy-bot"
+roles = ["append"]
+[[identity]]
+name = "reporter"
+roles = ["read"]
+auth = "api_key"
+[[api_key]]
+identity = "ops"
+sha256 = "{hash_api_key(new_api_key())}"
+""",
+    )
+    policy = Policy.load(path)
+    assert {name: i.auth for name, i in policy.identities.items()} == {
+        "ops": "api_key",  # an [[api_key]] names it
+        "deploy-bot": "mtls",  # none does
+        "reporter": "api_key",  # said so (its key may come later)
+    }
+    assert policy.roles_of("ops", "api_key") == {"admin"}
+    assert policy.roles_of("ops", "mtls") == frozenset()
+    assert policy.roles_of("deploy-bot", "mtls") == {"append"}
+    assert policy.roles_of("deploy-bot", "api_key") == frozenset()
+    assert policy.roles_of("reporter", "mtls") == frozenset()

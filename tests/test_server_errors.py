@@ -385,6 +385,7 @@ _CONTRACT = {
     grpc.StatusCode.OUT_OF_RANGE,
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ALREADY_EXISTS,  # an idempotency key drawn again with another payload
 }
 _FIELD_VALUE_RULE = re.compile(r"^[A-Za-z]+Request\.[^:]+: .+, (want|but) .+")
 
