@@ -39,6 +39,8 @@ from sealog.server.cli_operator import (
     cmd_witness_serve,
 )
 from sealog.server.config import Settings
+from sealog.server.http_serve import HttpLimits
+from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S
 
 __all__ = ["main"]
 
@@ -204,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="send each new checkpoint to this C2SP tlog-witness add-checkpoint URL and keep "
         "its cosignature (repeatable; its key must be a --witness-vkey)",
+    )
+    p.add_argument(
+        "--push-witness-interval",
+        type=float,
+        default=DEFAULT_PUSH_INTERVAL_S,
+        metavar="SECONDS",
+        help="send each --push-witness at most one checkpoint per this long, the latest; "
+        "witnesses grant each log a quota of requests a day (default %(default)s: 8,640 a day)",
     )
     p.add_argument(
         "--extra-key-file",
@@ -413,6 +423,43 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--state-dir", default="witness-state", help="default %(default)s")
     w.add_argument("--listen", default="127.0.0.1:7380", help="default %(default)s")
     w.add_argument("--prefix", default="", help="submission prefix path (default: none)")
+    lim = HttpLimits()
+    w.add_argument(
+        "--header-timeout",
+        type=float,
+        default=lim.header_timeout_s,
+        metavar="SECONDS",
+        help="drop a connection whose request line and headers are not in within this long "
+        "(default %(default)s)",
+    )
+    w.add_argument(
+        "--body-timeout",
+        type=float,
+        default=lim.body_timeout_s,
+        metavar="SECONDS",
+        help="answer 408 and drop a request whose body is not in within this long "
+        "(default %(default)s)",
+    )
+    w.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=lim.keepalive_timeout_s,
+        metavar="SECONDS",
+        help="close an idle keep-alive connection after this long (default %(default)s)",
+    )
+    w.add_argument(
+        "--max-connections",
+        type=int,
+        default=lim.max_connections,
+        help="open connections; more are answered 503 and closed (default %(default)s)",
+    )
+    w.add_argument(
+        "--max-requests",
+        type=int,
+        default=lim.max_requests,
+        help="requests handled at once; more are answered 503 with Retry-After "
+        "(default %(default)s)",
+    )
     w.set_defaults(func=cmd_witness_serve)
     for action in sub._choices_actions:
         command = sub.choices[action.dest]
