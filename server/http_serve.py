@@ -269,6 +269,7 @@ class HttpServer:
         runner = web.AppRunner(
             self.app,
             handle_signals=False,
+            shutdown_timeout=5.0,
             access_log=None,
             keepalive_timeout=self.limits.keepalive_timeout_s,
             lingering_time=0,

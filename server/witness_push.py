@@ -194,7 +194,19 @@ class WitnessPusher:
     async def _post(
         self, session: aiohttp.ClientSession, url: str, request: AddCheckpointRequest
     ) -> bytes:
-        """One add-checkpoint request, within the session's total timeout."""
+        """One add-checkpoint request, within the session's total timeout.
+
+        A kept-alive connection the witness closed just as it was reused is
+        tried once more, on a new connection.
+        """
+        try:
+            return await self._post_once(session, url, request)
+        except aiohttp.ServerDisconnectedError:
+            return await self._post_once(session, url, request)
+
+    async def _post_once(
+        self, session: aiohttp.ClientSession, url: str, request: AddCheckpointRequest
+    ) -> bytes:
         self.requests_sent[url] += 1
         async with session.post(
             url, data=request.to_bytes(), headers={"Content-Type": "text/plain; charset=utf-8"}
