@@ -184,6 +184,8 @@ def pushes(appends: int, seconds: float, interval: float) -> None:
             lag = time.monotonic() - done
             print(f"pushes: {appends} appends in {elapsed:.2f} s, interval {interval:g} s")
             print(f"  add-checkpoint requests during the appends: {during}")
+            if witness.latest(origin) != final:
+                raise SystemExit(f"  the newest checkpoint was NOT cosigned within {lag:.0f} s")
             print(
                 f"  newest checkpoint cosigned {lag:.2f} s after the last append "
                 f"({witness.calls} requests in all)"

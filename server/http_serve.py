@@ -264,14 +264,15 @@ class HttpServer:
                 guard.request_finished()
 
     async def _open(self) -> None:
-        # aiohttp's own keep-alive timer stays on as a second line (same value);
-        # lingering_time 0: a body left unread closes the connection at once.
+        # aiohttp's own keep-alive timer (which some versions start at connect) stays
+        # on as a second line, never shorter than these clocks; lingering_time 0: a
+        # body left unread closes the connection at once.
         runner = web.AppRunner(
             self.app,
             handle_signals=False,
             shutdown_timeout=5.0,
             access_log=None,
-            keepalive_timeout=self.limits.keepalive_timeout_s,
+            keepalive_timeout=max(self.limits.keepalive_timeout_s, self.limits.header_timeout_s),
             lingering_time=0,
         )
         await runner.setup()
