@@ -44,6 +44,25 @@ from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S
 
 __all__ = ["main"]
 
+
+def _positive_seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: want a number of seconds > 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a count, > 0."""
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: want a whole number > 0")
+    return int(text)
+
+
 _EPILOG = """\
 Quick start (two terminals):
   sealog serve                    # a log in ./sealog-data, key generated on first run
@@ -209,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--push-witness-interval",
-        type=float,
+        type=_positive_seconds,
         default=DEFAULT_PUSH_INTERVAL_S,
         metavar="SECONDS",
         help="send each --push-witness at most one checkpoint per this long, the latest; "
@@ -426,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     lim = HttpLimits()
     w.add_argument(
         "--header-timeout",
-        type=float,
+        type=_positive_seconds,
         default=lim.header_timeout_s,
         metavar="SECONDS",
         help="drop a connection whose request line and headers are not in within this long "
@@ -434,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--body-timeout",
-        type=float,
+        type=_positive_seconds,
         default=lim.body_timeout_s,
         metavar="SECONDS",
         help="answer 408 and drop a request whose body is not in within this long "
@@ -442,20 +461,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--keepalive-timeout",
-        type=float,
+        type=_positive_seconds,
         default=lim.keepalive_timeout_s,
         metavar="SECONDS",
         help="close an idle keep-alive connection after this long (default %(default)s)",
     )
     w.add_argument(
         "--max-connections",
-        type=int,
+        type=_positive_int,
         default=lim.max_connections,
         help="open connections; more are answered 503 and closed (default %(default)s)",
     )
     w.add_argument(
         "--max-requests",
-        type=int,
+        type=_positive_int,
         default=lim.max_requests,
         help="requests handled at once; more are answered 503 with Retry-After "
         "(default %(default)s)",
