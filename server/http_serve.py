@@ -164,7 +164,7 @@ class _GuardedConnection(asyncio.Protocol):
         self._disarm()
 
     def request_finished(self) -> None:
-        """The answer is written: the connection is idle until the next request's first byte."""
+        """The handler has returned (its short answer goes out now): idle until the next byte."""
         self._idle = True
         self._arm(self._server.limits.keepalive_timeout_s)
 

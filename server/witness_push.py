@@ -15,17 +15,19 @@ one round per** ``interval_s`` (default :data:`DEFAULT_PUSH_INTERVAL_S`, 8,640
 rounds a day): a checkpoint that is committed sooner waits, and the ones that
 are committed meanwhile are coalesced into the latest, which is sent once the
 interval has passed — the newest checkpoint is always pushed, at most
-``interval_s`` late. A round is one request, or two when the witness answers
-409 with its size (on first contact, or after it lost track) and the request
-is repeated from that size. A round that fails (unreachable, refused, a
-timeout) is retried after ``max(interval_s, retry_s)``.
+``interval_s`` late. Every witness in a round gets the same checkpoint, so
+they cosign one checkpoint together. A round is one request to each witness,
+or two when it answers 409 with its size (on first contact, or after it lost
+track) and the request is repeated from that size. A witness whose request
+failed (unreachable, refused, a timeout) joins a round again after
+``max(interval_s, retry_s)``.
 
 Every request has a total deadline (``timeout_s``: connecting, sending,
 waiting, reading), and answers above
-:data:`~sealog.client.witness.MAX_REQUEST_BYTES` are refused. The witnesses
-are served concurrently, one task each on the pusher's own event loop, so a
-slow one delays no other; the log's reads and its cosignature write run on
-worker threads (they touch LMDB).
+:data:`~sealog.client.witness.MAX_REQUEST_BYTES` are refused. The witnesses of
+a round are asked concurrently, on the pusher's own event loop, so a slow one
+delays the others' next round by at most ``timeout_s``; the log's reads and
+its cosignature write run on worker threads (they touch LMDB).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class WitnessPusher:
         """add-checkpoint requests sent to each URL so far."""
         self._sizes: dict[str, int] = {}
         self._loop = asyncio.new_event_loop()
-        self._wake: dict[str, asyncio.Event] = {}
+        self._wake: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="sealog-witness-push", daemon=True)
         self._ready = threading.Event()
@@ -104,11 +106,11 @@ class WitnessPusher:
     def _on_checkpoint(self, note: bytes) -> None:
         # On the sequencer's thread: only hand the news to the loop.
         with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
-            self._loop.call_soon_threadsafe(self._wake_all)
+            self._loop.call_soon_threadsafe(self._wake_up)
 
-    def _wake_all(self) -> None:
-        for event in self._wake.values():
-            event.set()
+    def _wake_up(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -120,37 +122,56 @@ class WitnessPusher:
 
     async def _main(self) -> None:
         self._stopping = asyncio.Event()
-        self._wake = {url: asyncio.Event() for url in self.urls}
+        self._wake = asyncio.Event()
         self._ready.set()
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            tasks = [asyncio.create_task(self._follow(session, url)) for url in self.urls]
+            rounds = asyncio.create_task(self._rounds(session))
             await self._stopping.wait()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            rounds.cancel()
+            await asyncio.gather(rounds, return_exceptions=True)
 
-    async def _follow(self, session: aiohttp.ClientSession, url: str) -> None:
-        """One witness: push the latest checkpoint, at most one round per interval."""
-        wake = self._wake[url]
-        pushed: bytes | None = None
-        next_round = 0.0  # time.monotonic() before which no round starts
+    async def _rounds(self, session: aiohttp.ClientSession) -> None:
+        """Rounds at least ``interval_s`` apart, each sending one checkpoint to the witnesses due.
+
+        Every witness in a round gets the same checkpoint (the latest when it
+        starts), so witnesses that poll nothing still cosign one checkpoint
+        together and a k-of-n policy is met on it. A witness is due when it
+        does not have that checkpoint yet and its retry time (after a failed
+        round) has come.
+        """
+        pushed: dict[str, bytes | None] = dict.fromkeys(self.urls)
+        retry_at = dict.fromkeys(self.urls, 0.0)  # time.monotonic()
+        last_round = -self.interval_s
+        assert self._wake is not None
         while True:
-            wake.clear()
-            if self._log.latest_checkpoint() == pushed:
-                await wake.wait()
+            self._wake.clear()
+            latest = self._log.latest_checkpoint()
+            behind = [url for url in self.urls if pushed[url] != latest]
+            if not behind:
+                await self._wake.wait()
                 continue
-            delay = next_round - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)  # checkpoints committed meanwhile coalesce
+            now = time.monotonic()
+            start_at = max(last_round + self.interval_s, min(retry_at[url] for url in behind))
+            if start_at > now:
+                # Checkpoints committed meanwhile coalesce; one that makes another
+                # witness behind wakes this up to think again.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), start_at - now)
+                continue
             note = self._log.latest_checkpoint()
-            started = time.monotonic()
-            ok = await self._push(session, url, note)
-            if ok:
-                pushed = note
-                next_round = started + self.interval_s
-            else:
-                next_round = started + max(self.interval_s, self.retry_s)
+            due = [url for url in self.urls if pushed[url] != note and retry_at[url] <= now]
+            last_round = now
+            results = await asyncio.gather(
+                *(self._push(session, url, note) for url in due), return_exceptions=True
+            )
+            for url, result in zip(due, results, strict=True):
+                if result is True:
+                    pushed[url] = note
+                    continue
+                if isinstance(result, BaseException):
+                    log.error("pushing to witness %s failed", url, exc_info=result)
+                retry_at[url] = now + max(self.interval_s, self.retry_s)
 
     async def _push(self, session: aiohttp.ClientSession, url: str, note: bytes) -> bool:
         size = Checkpoint.parse(parse_note(note)[0]).size
