@@ -121,10 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         + f"  verifier key: {vkey}\n"
         f"  checkpoint:   size {cp.size}, root {b64(cp.root_hash)}\n"
         + "".join(f"  witness:      {w.vkey}\n" for w in witnesses)
-        + "".join(
-            f"  pushing to:   {url} (at most every {args.push_witness_interval:g} s)\n"
-            for url in args.push_witness or ()
-        )
+        + "".join(f"  pushing to:   {url}\n" for url in args.push_witness or ())
         + "Stop with Ctrl-C (queued appends are committed first).",
         flush=True,
     )
