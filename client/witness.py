@@ -64,6 +64,7 @@ __all__ = [
     "Witness",
     "WitnessError",
     "add_checkpoint",
+    "check_add_checkpoint_answer",
 ]
 
 log = logging.getLogger(__name__)
@@ -273,14 +274,25 @@ def add_checkpoint(url: str, request: AddCheckpointRequest, *, timeout: float = 
         )
         response = conn.getresponse()
         data = response.read(MAX_REQUEST_BYTES)
-        if response.status != 200:
-            raise WitnessError(
-                response.status,
-                f"witness {url} answered {response.status}: "
-                f"{data[:200].decode('utf-8', 'replace').strip()}",
-                data,
-                response.getheader("Content-Type", ""),
-            )
-        return data
+        return check_add_checkpoint_answer(
+            url, response.status, response.getheader("Content-Type", ""), data
+        )
     finally:
         conn.close()
+
+
+def check_add_checkpoint_answer(url: str, status: int, content_type: str, body: bytes) -> bytes:
+    """The cosignature lines of a witness's answer, or :class:`WitnessError` with its status.
+
+    Shared by every client of the call (this module's blocking one and the
+    log's pusher): for 409 with ``text/x.tlog.size`` the error's ``body``
+    holds the witness's size.
+    """
+    if status != 200:
+        raise WitnessError(
+            status,
+            f"witness {url} answered {status}: {body[:200].decode('utf-8', 'replace').strip()}",
+            body,
+            content_type,
+        )
+    return body

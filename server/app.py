@@ -30,7 +30,7 @@ from sealog.server.log import Log
 from sealog.server.safe_decode import add_service
 from sealog.server.servicer import SERVICE_NAME, LogServicer
 from sealog.server.tls import is_loopback, server_credentials
-from sealog.server.witness_push import WitnessPusher
+from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S, WitnessPusher
 from sealog.v1 import log_pb2_grpc
 
 __all__ = [
@@ -169,6 +169,7 @@ class LogServer:
         settings: Settings | None = None,
         witnesses: Sequence[CosignatureVerifier] = (),
         push_witnesses: Sequence[str] = (),
+        push_witness_interval_s: float = DEFAULT_PUSH_INTERVAL_S,
         policy_file: str | Path | None = None,
         tls: TlsFiles | None = None,
         allow_insecure_remote: bool = False,
@@ -179,7 +180,8 @@ class LogServer:
 
         ``witnesses`` are the witness keys whose cosignatures AddCosignature
         accepts; ``push_witnesses`` are C2SP tlog-witness add-checkpoint URLs
-        the log sends each new checkpoint to (docs/monitoring.md).
+        the log sends its latest checkpoint to, each at most once per
+        ``push_witness_interval_s`` (docs/monitoring.md).
 
         The port answers as soon as it is bound: the standard gRPC health
         service says NOT_SERVING, and the log's RPCs UNAVAILABLE, until the
@@ -274,7 +276,11 @@ class LogServer:
             loop.submit(health_servicer.set(SERVICE_NAME, status))
 
         the_log.watch_clock(on_clock)
-        pusher = WitnessPusher(the_log, list(push_witnesses)).start() if push_witnesses else None
+        pusher = (
+            WitnessPusher(the_log, list(push_witnesses), interval_s=push_witness_interval_s).start()
+            if push_witnesses
+            else None
+        )
         return cls(
             the_log,
             storage,

@@ -39,8 +39,29 @@ from sealog.server.cli_operator import (
     cmd_witness_serve,
 )
 from sealog.server.config import Settings
+from sealog.server.http_serve import HttpLimits
+from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S
 
 __all__ = ["main"]
+
+
+def _positive_seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: want a number of seconds > 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a count, > 0."""
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: want a whole number > 0")
+    return int(text)
+
 
 _EPILOG = """\
 Quick start (two terminals):
@@ -205,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="send each new checkpoint to this C2SP tlog-witness add-checkpoint URL and keep "
         "its cosignature (repeatable; its key must be a --witness-vkey)",
+    )
+    p.add_argument(
+        "--push-witness-interval",
+        type=_positive_seconds,
+        default=DEFAULT_PUSH_INTERVAL_S,
+        metavar="SECONDS",
+        help="send each --push-witness at most one checkpoint per this long, the latest; "
+        "witnesses grant each log a quota of requests a day (default %(default)s: 8,640 a day)",
     )
     p.add_argument(
         "--extra-key-file",
@@ -414,6 +443,43 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--state-dir", default="witness-state", help="default %(default)s")
     w.add_argument("--listen", default="127.0.0.1:7380", help="default %(default)s")
     w.add_argument("--prefix", default="", help="submission prefix path (default: none)")
+    lim = HttpLimits()
+    w.add_argument(
+        "--header-timeout",
+        type=_positive_seconds,
+        default=lim.header_timeout_s,
+        metavar="SECONDS",
+        help="drop a connection whose request line and headers are not in within this long "
+        "(default %(default)s)",
+    )
+    w.add_argument(
+        "--body-timeout",
+        type=_positive_seconds,
+        default=lim.body_timeout_s,
+        metavar="SECONDS",
+        help="answer 408 and drop a request whose body is not in within this long "
+        "(default %(default)s)",
+    )
+    w.add_argument(
+        "--keepalive-timeout",
+        type=_positive_seconds,
+        default=lim.keepalive_timeout_s,
+        metavar="SECONDS",
+        help="close an idle keep-alive connection after this long (default %(default)s)",
+    )
+    w.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=lim.max_connections,
+        help="open connections; more are answered 503 and closed (default %(default)s)",
+    )
+    w.add_argument(
+        "--max-requests",
+        type=_positive_int,
+        default=lim.max_requests,
+        help="requests handled at once; more are answered 503 with Retry-After "
+        "(default %(default)s)",
+    )
     w.set_defaults(func=cmd_witness_serve)
     for action in sub._choices_actions:
         command = sub.choices[action.dest]

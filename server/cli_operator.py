@@ -25,6 +25,7 @@ from sealog.server.backup import backup
 from sealog.server.cli_client import b64, client_from_args, emit, verifier_from_args, witness_keys
 from sealog.server.config import Settings
 from sealog.server.fsck import fsck
+from sealog.server.http_serve import HttpLimits
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.policy import Policy, hash_api_key, new_api_key
 from sealog.server.tls import is_loopback
@@ -77,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings=settings,
         witnesses=witnesses,
         push_witnesses=args.push_witness or (),
+        push_witness_interval_s=args.push_witness_interval,
         policy_file=args.policy,
         tls=TlsFiles(
             Path(args.tls_cert),
@@ -243,15 +245,15 @@ def cmd_witness_serve(args: argparse.Namespace) -> int:
             key = Ed25519Verifier.from_vkey(text)
             logs.setdefault(key.name, []).append(key)
     host, _, port = args.listen.rpartition(":")
-    witness = Witness(cosigner, logs, args.state_dir)
-    server = WitnessHTTPServer(witness, host or "127.0.0.1", int(port), args.prefix)
-    print(
-        f"sealog: witness {cosigner.name} serving {server.url}\n"
-        f"  witness key: {cosigner.verifier().vkey}\n"
-        + "".join(f"  log:         {origin}\n" for origin in sorted(logs))
-        + "Stop with Ctrl-C.",
-        flush=True,
+    limits = HttpLimits(
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        keepalive_timeout_s=args.keepalive_timeout,
+        max_connections=args.max_connections,
+        max_requests=args.max_requests,
     )
+    witness = Witness(cosigner, logs, args.state_dir)
+    server = WitnessHTTPServer(witness, host or "127.0.0.1", int(port), args.prefix, limits=limits)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -259,7 +261,23 @@ def cmd_witness_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server.start()
+    try:
+        server.start()
+    except OSError as e:
+        witness.close()
+        raise SealogError(
+            f"witness serve: cannot listen on {args.listen}: {e.strerror or e}"
+        ) from e
+    print(
+        f"sealog: witness {cosigner.name} serving {server.url}\n"
+        f"  witness key: {cosigner.verifier().vkey}\n"
+        + "".join(f"  log:         {origin}\n" for origin in sorted(logs))
+        + f"  limits:      {limits.max_connections} connections, {limits.max_requests} requests "
+        f"at once; headers {limits.header_timeout_s:g} s, body {limits.body_timeout_s:g} s, "
+        f"idle {limits.keepalive_timeout_s:g} s\n"
+        "Stop with Ctrl-C.",
+        flush=True,
+    )
     stop.wait()
     server.stop()
     witness.close()

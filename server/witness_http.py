@@ -1,84 +1,108 @@
-"""``sealog witness serve``: a C2SP tlog-witness over HTTP (stdlib ``http.server``).
+"""``sealog witness serve``: a C2SP tlog-witness over HTTP, on asyncio (aiohttp).
 
 Serves ``POST <prefix>/add-checkpoint`` (c2sp.org/tlog-witness) for a
-:class:`~sealog.client.witness.Witness`. Keep-alive HTTP/1.1, one thread per
-connection, bodies bounded by :data:`~sealog.client.witness.MAX_REQUEST_BYTES`.
+:class:`~sealog.client.witness.Witness`, under the bounds of
+:class:`~sealog.server.http_serve.HttpLimits`: header, body and keep-alive
+timeouts, a cap on open connections and on requests handled at once (503
+with Retry-After beyond either), and bodies of at most
+:data:`~sealog.client.witness.MAX_REQUEST_BYTES` (413).
+
+The witness's work — checking signatures and the proof, writing its state
+durably (``fsync``), cosigning — runs on a small thread pool
+(``workers``), never on the event loop, so a slow disk delays only the
+requests waiting for it. :class:`Witness` serialises each origin under its
+own lock, as the spec requires.
+
 Plain HTTP: put it behind a TLS proxy, or a c2sp.org/https-bastion, to expose
 it beyond loopback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
 
 from sealog.client.witness import ADD_CHECKPOINT, MAX_REQUEST_BYTES, Witness, WitnessError
+from sealog.server.http_serve import TEXT, HttpLimits, HttpServer, RequestSlots, read_body
 
-__all__ = ["WitnessHTTPServer"]
+__all__ = ["WitnessHTTPServer", "witness_app"]
 
 log = logging.getLogger(__name__)
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: WitnessHTTPServer
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self) -> None:
-        if self.path.split("?", 1)[0] != self.server.add_checkpoint_path:
-            self._send(404, b"not found\n", "text/plain; charset=utf-8")
-            return
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            self._send(411, b"Content-Length required\n", "text/plain; charset=utf-8")
-            self.close_connection = True
-            return
-        if int(length) > MAX_REQUEST_BYTES:
-            self._send(413, b"request too large\n", "text/plain; charset=utf-8")
-            self.close_connection = True
-            return
-        body = self.rfile.read(int(length))
-        try:
-            lines = self.server.witness.add_checkpoint(body)
-        except WitnessError as e:
-            self._send(e.status, e.body, e.content_type)
-            return
-        except Exception:
-            log.exception("add-checkpoint failed")
-            self._send(500, b"internal error\n", "text/plain; charset=utf-8")
-            return
-        self._send(200, lines, "text/plain; charset=utf-8")
-
-    def do_GET(self) -> None:
-        self._send(405, b"use POST <prefix>/add-checkpoint\n", "text/plain; charset=utf-8")
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.info("%s " + format, self.address_string(), *args)
+DEFAULT_WORKERS = 4
+"""Threads that run the witness's checks, durable writes and signing."""
 
 
-class WitnessHTTPServer(ThreadingHTTPServer):
+def _text(status: int, body: bytes, content_type: str = TEXT) -> web.Response:
+    return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+
+def witness_app(
+    witness: Witness, executor: ThreadPoolExecutor, slots: RequestSlots, prefix: str = ""
+) -> web.Application:
+    """The add-checkpoint routes of ``witness``, as an application other routes can join.
+
+    A request takes one of ``slots`` once its body is in, until answered.
+    """
+    path = prefix.rstrip("/") + "/" + ADD_CHECKPOINT
+
+    async def add_checkpoint(request: web.Request) -> web.Response:
+        body = await read_body(request, slots.limits, MAX_REQUEST_BYTES)
+        loop = asyncio.get_running_loop()
+        async with slots:
+            try:
+                lines = await loop.run_in_executor(executor, witness.add_checkpoint, body)
+            except WitnessError as e:
+                return _text(e.status, e.body, e.content_type)
+            except Exception:
+                log.exception("add-checkpoint failed")
+                return _text(500, b"internal error\n")
+        return _text(200, lines)
+
+    async def other(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            return _text(404, b"not found\n")
+        return _text(405, b"use POST <prefix>/add-checkpoint\n")
+
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app.router.add_post(path, add_checkpoint)
+    app.router.add_route("*", "/{tail:.*}", other)
+    return app
+
+
+class WitnessHTTPServer(HttpServer):
     """The witness on ``(host, port)``; port 0 picks one (see :attr:`port`)."""
 
-    daemon_threads = True
-
-    def __init__(self, witness: Witness, host: str = "127.0.0.1", port: int = 0, prefix: str = ""):
+    def __init__(
+        self,
+        witness: Witness,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        prefix: str = "",
+        *,
+        limits: HttpLimits | None = None,
+        workers: int = DEFAULT_WORKERS,
+    ) -> None:
         self.witness = witness
-        self.host = host
         self.add_checkpoint_path = prefix.rstrip("/") + "/" + ADD_CHECKPOINT
-        super().__init__((host, port), _Handler)
-        self._thread: threading.Thread | None = None
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="sealog-witness")
+        limits = limits or HttpLimits()
+        self.slots = RequestSlots(limits)
+        super().__init__(
+            witness_app(witness, self._executor, self.slots, prefix),
+            host,
+            port,
+            limits,
+            name="sealog-witness-http",
+        )
 
     @property
-    def port(self) -> int:
-        """The port it listens on."""
-        return int(self.server_address[1])
+    def in_flight(self) -> int:
+        """add-checkpoint requests at work now (their body in, not yet answered)."""
+        return self.slots.in_use
 
     @property
     def url(self) -> str:
@@ -87,15 +111,10 @@ class WitnessHTTPServer(ThreadingHTTPServer):
 
     def start(self) -> WitnessHTTPServer:
         """Serve on a background thread."""
-        self._thread = threading.Thread(
-            target=self.serve_forever, name="sealog-witness-http", daemon=True
-        )
-        self._thread.start()
+        super().start()
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join(5)
-        self.server_close()
+        """Stop serving, close every connection, and finish the witness work under way."""
+        super().stop()
+        self._executor.shutdown(wait=True)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import re
+import socket
 import subprocess
+import threading
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,6 +28,7 @@ from sealog.client.keyfile import write_private_key_file
 from sealog.client.monitor import LogConfig, LogMonitor
 from sealog.client.note import Ed25519Signer, parse_note
 from sealog.client.witness import (
+    MAX_REQUEST_BYTES,
     SIZE_CONTENT_TYPE,
     AddCheckpointRequest,
     Witness,
@@ -29,7 +36,9 @@ from sealog.client.witness import (
     add_checkpoint,
 )
 from sealog.client.witness_policy import WitnessPolicy
+from sealog.server.http_serve import HttpLimits
 from sealog.server.witness_http import WitnessHTTPServer
+from sealog.server.witness_push import WitnessPusher
 from sealog.v1 import log_pb2
 
 W1 = Cosigner.generate("w1.example/witness")
@@ -280,6 +289,7 @@ def test_log_pushes_to_tlog_witnesses(open_log: OpenLog, tmp_path: Path) -> None
             key_file=key_file,
             witnesses=[W1.verifier(), W2.verifier()],
             push_witnesses=[s.url for s in servers],
+            push_witness_interval_s=0.05,
         )
         client = log.client()
         strict = log.client(witnesses=[W1.verifier(), W2.verifier()])
@@ -321,6 +331,10 @@ def test_witness_serve_and_keygen_cli(tmp_path: Path, witnessed_log: RunningLog)
             "wstate",
             "--listen",
             "127.0.0.1:0",
+            "--header-timeout",
+            "5",
+            "--max-requests",
+            "8",
         ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -343,3 +357,240 @@ def test_witness_serve_and_keygen_cli(tmp_path: Path, witnessed_log: RunningLog)
             if stream is not None:
                 stream.close()
     assert proc.returncode == 0
+
+
+# --- witness serve and push under load and hostile clients -----------------------------------
+def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
+        time.sleep(0.02)
+
+
+def _read_until_closed(sock: socket.socket, seconds: float) -> bytes:
+    """What the server sends until it closes the connection (a reset counts as closed)."""
+    sock.settimeout(seconds)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def _http(
+    url: str, body: bytes | None, method: str = "POST"
+) -> tuple[int, str, bytes, dict[str, str]]:
+    """One request with urllib: status, content type, body, headers (errors too)."""
+    req = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return (
+                response.status,
+                response.headers["Content-Type"],
+                response.read(),
+                dict(response.headers),
+            )
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read(), dict(e.headers)
+
+
+class CountingWitness(Witness):
+    """A witness that counts add-checkpoint calls, and can be made to hold them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self.release = threading.Event()
+        self.release.set()
+
+    def add_checkpoint(self, body: bytes) -> bytes:
+        self.calls += 1
+        self.release.wait(30)
+        return super().add_checkpoint(body)
+
+
+def test_witness_serve_times_out_300_stalled_uploads(
+    tmp_path: Path, witnessed_log: RunningLog
+) -> None:
+    """300 connections that send part of a request and stop hold no thread, and are dropped.
+
+    The old stdlib server gave each a thread, forever (302 threads for 300).
+    """
+    limits = HttpLimits(header_timeout_s=3, body_timeout_s=3, max_connections=1000)
+    witness = Witness(W1, {witnessed_log.origin: [witnessed_log.verifier]}, tmp_path / "w")
+    server = WitnessHTTPServer(witness, limits=limits).start()
+    stalled: list[tuple[socket.socket, bool]] = []
+    try:
+        witnessed_log.client().append(b"a")
+        note = witnessed_log.client().checkpoint().note
+        threads_before = threading.active_count()
+        for i in range(300):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            in_body = i % 2 == 1
+            if in_body:  # the whole head, and 6 of the 1,000 body bytes it announced
+                sock.sendall(
+                    b"POST /add-checkpoint HTTP/1.1\r\nHost: w\r\nContent-Length: 1000\r\n\r\n"
+                    b"old 0\n"
+                )
+            else:  # half a head
+                sock.sendall(b"POST /add-checkpoint HTTP/1.1\r\nHost: w\r\nContent-Len")
+            stalled.append((sock, in_body))
+        # A real request is served meanwhile, and the stalled ones cost no threads.
+        assert add_checkpoint(server.url, AddCheckpointRequest(0, (), note))
+        assert threading.active_count() <= threads_before + 2  # + one worker thread
+        # Each is dropped once its clock runs out: a stalled body with 408.
+        for sock, in_body in stalled:
+            answer = _read_until_closed(sock, 30)
+            if in_body:
+                assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+            else:
+                assert answer == b""
+        _wait_for(lambda: server.call(lambda: len(server.connections)) == 0, "all closed")
+        assert server.in_flight == 0
+    finally:
+        for sock, _ in stalled:
+            sock.close()
+        server.stop()
+        witness.close()
+
+
+def test_witness_serve_bounds_connections_and_concurrent_requests(
+    tmp_path: Path, witnessed_log: RunningLog
+) -> None:
+    limits = HttpLimits(max_connections=6, max_requests=2, retry_after_s=3)
+    witness = CountingWitness(W1, {witnessed_log.origin: [witnessed_log.verifier]}, tmp_path / "w")
+    server = WitnessHTTPServer(witness, limits=limits).start()
+    idle: list[socket.socket] = []
+    try:
+        witnessed_log.client().append(b"a")
+        body = AddCheckpointRequest(0, (), witnessed_log.client().checkpoint().note).to_bytes()
+        # Two requests held in the witness: a third is answered 503 with Retry-After.
+        witness.release.clear()
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(_http, server.url, body) for _ in range(2)]
+            _wait_for(lambda: witness.calls == 2, "two requests in the witness")
+            status, content_type, text, headers = _http(server.url, body)
+            assert (status, headers.get("Retry-After")) == (503, "3"), (status, text)
+            assert content_type == "text/plain; charset=utf-8"
+            witness.release.set()
+            statuses = sorted(f.result()[0] for f in held)
+        # The spec's per-origin lock: one is cosigned, the other learns the new size.
+        assert statuses == [200, 409]
+        # Six connections open (once urllib's, closed after each request, are gone): a
+        # seventh is refused with 503 at once, before it sends anything.
+        for _ in range(6):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        _wait_for(lambda: server.call(lambda: len(server.connections)) == 6, "six open")
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        answer = _read_until_closed(extra, 10)
+        extra.close()
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 3\r\n" in answer
+        idle.pop().close()
+        _wait_for(lambda: server.call(lambda: len(server.connections)) == 5, "one closed")
+        assert _http(server.url, b"garbage")[0] == 400
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+        witness.close()
+
+
+def test_witness_serve_answers_like_the_stdlib_server_did(
+    http_witnesses: list[WitnessHTTPServer],
+) -> None:
+    """The statuses, bodies and content types besides the spec's are what they were."""
+    server = http_witnesses[0]
+    base = f"http://127.0.0.1:{server.port}"
+    text = "text/plain; charset=utf-8"
+    assert _http(base + "/other", b"old 0\n\n")[:3] == (404, text, b"not found\n")
+    assert _http(server.url, None, "GET")[:3] == (405, text, b"use POST <prefix>/add-checkpoint\n")
+    assert _http(server.url, b"x" * (MAX_REQUEST_BYTES + 1))[:3] == (
+        413,
+        text,
+        b"request too large\n",
+    )
+    # No Content-Length (a chunked body): 411.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /add-checkpoint HTTP/1.1\r\nHost: w\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"1\r\nx\r\n0\r\n\r\n"
+        )
+        assert _read_until_closed(sock, 10).startswith(b"HTTP/1.1 411 ")
+
+
+def test_push_witness_sends_a_bounded_number_of_requests_for_300_appends(
+    open_log: OpenLog, tmp_path: Path
+) -> None:
+    """300 appends in a second or two: a handful of requests, not one per commit (197 before).
+
+    And the newest checkpoint is still cosigned once the interval has passed, by
+    both witnesses (each round sends them the same one), so a 2-of-2 policy is met.
+    """
+    origin = "sealog.localhost/log"
+    key = Ed25519Signer.generate(origin)
+    key_file = tmp_path / "log.key"
+    write_private_key_file(key_file, key.skey)
+    witnesses = [
+        CountingWitness(w, {origin: [key.verifier()]}, tmp_path / w.name) for w in (W1, W2)
+    ]
+    servers = [WitnessHTTPServer(w).start() for w in witnesses]
+    interval = 1.0
+    try:
+        started = time.monotonic()
+        log = open_log(
+            key_file=key_file,
+            witnesses=[W1.verifier(), W2.verifier()],
+            push_witnesses=[s.url for s in servers],
+            push_witness_interval_s=interval,
+        )
+        client = log.client()
+        for i in range(300):
+            client.append(b"event %d" % i)
+        elapsed = time.monotonic() - started
+        # A round per interval (and one at start), each of one request or two after a 409.
+        rounds = 2 + elapsed / interval
+        for witness in witnesses:
+            assert witness.calls <= 2 * rounds, (witness.calls, elapsed)
+        final = client.checkpoint()
+        assert final.checkpoint.size == 300
+        for witness in witnesses:
+            _wait_for(lambda w=witness: w.latest(origin) == final.note, "size 300 pushed")
+        both = log.client(witnesses=[W1.verifier(), W2.verifier()])
+
+        def witnessed_by_both() -> bool:
+            try:
+                return both.checkpoint().checkpoint.size == 300
+            except WitnessPolicyError:  # the second cosignature is being stored
+                return False
+
+        _wait_for(witnessed_by_both, "size 300 witnessed by both")
+    finally:
+        for server in servers:
+            server.stop()
+            server.witness.close()
+
+
+def test_push_witness_times_out_a_witness_that_never_answers(log: RunningLog) -> None:
+    """A witness that accepts and never answers costs one timeout per round, then a retry."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/add-checkpoint"
+    pusher = WitnessPusher(log.server.log, [url], interval_s=0.1, timeout_s=0.5, retry_s=0.2)
+    try:
+        pusher.start()
+        _wait_for(lambda: pusher.requests_sent[url] >= 3, "three requests, each timed out")
+    finally:
+        pusher.stop()
+        listener.close()
+        for sock in accepted:
+            sock.close()
+    assert not pusher._thread.is_alive()
