@@ -597,10 +597,12 @@ class LogClient:
         )
         expected = start
         for page in self._stub.GetEntries(request, timeout=self.timeout):
-            if page.start != expected or not page.leaves:
+            # The whole page is checked (where it starts, how many leaves, the window
+            # asked for, the proof) before any of its leaves is yielded.
+            if page.start != expected or not page.leaves or expected + len(page.leaves) > end:
                 raise VerificationError(
                     f"GetEntries page starts at {page.start} with {len(page.leaves)} leaves, "
-                    f"want a page at {expected}"
+                    f"want a page at {expected} ending by {end}"
                 )
             for leaf in page.leaves:
                 _parse_leaf(leaf)
