@@ -53,9 +53,9 @@ Client commands find the log's public key in --vkey, $SEALOG_VKEY or
 
 
 _DESCRIPTIONS = {
-    "keygen": "The private key file is created with mode 0600 and never overwritten; "
-    "the verifier key (vkey) is printed and written beside it as NAME.vkey, to give to "
-    "clients.",
+    "keygen": "The private key file is created with mode 0600; the verifier key (vkey) is "
+    "printed and written beside it, to give to clients: --out x.key gives x.vkey, --out "
+    "dir/example.com gives dir/example.com.vkey. Nothing is written if either file exists.",
     "append": "A receipt is the event's index, leaf hash and the signed checkpoint "
     "that includes it, all verified. Events come from the argument, a file (--file, one "
     "event), or stdin (one event per line). Each request is atomic; retries never log "
@@ -123,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("keygen", help="create an Ed25519 signing key (file mode 0600)")
     p.add_argument("name", help="key name; for a log, its origin (e.g. example.com/log)")
-    p.add_argument("--out", help="private key file (default NAME.key); the vkey goes beside it")
+    p.add_argument(
+        "--out",
+        help="private key file (default NAME.key, '/' as '_'); the vkey goes beside it, named "
+        "as the key file without a trailing .key, plus .vkey",
+    )
     p.add_argument(
         "--witness",
         action="store_true",

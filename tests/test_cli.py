@@ -153,6 +153,66 @@ def test_keygen_json_and_no_overwrite(tmp_path: Path) -> None:
     assert key.read_bytes() == before, "keygen overwrote a private key"
 
 
+def test_keygen_out_ending_in_vkey_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    # It used to write the private key to NAME.vkey and then overwrite it with the vkey.
+    out = tmp_path / "log.vkey"
+
+    result = run_sealog("keygen", "example.com/log", "--out", str(out), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "must not end in .vkey" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("out", "vkey_file"),
+    [
+        ("x.key", "x.vkey"),
+        ("dir/example.com", "dir/example.com.vkey"),  # was dir/example.vkey
+        ("dir/log", "dir/log.vkey"),
+        ("a.b.key", "a.b.vkey"),
+    ],
+)
+def test_keygen_vkey_path_appends_vkey_to_the_key_name(
+    tmp_path: Path, out: str, vkey_file: str
+) -> None:
+    (tmp_path / "dir").mkdir()
+
+    result = run_sealog("keygen", "example.com/log", "--out", out, "--json", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["vkey_file"] == vkey_file
+    assert (tmp_path / vkey_file).read_text().strip() == shown["vkey"]
+    signer = Ed25519Signer.from_skey((tmp_path / out).read_text().strip())
+    assert signer.verifier().vkey == shown["vkey"]
+    assert stat.S_IMODE((tmp_path / out).stat().st_mode) == 0o600
+
+
+def test_keygen_refuses_to_clobber_an_existing_vkey(tmp_path: Path) -> None:
+    # Another key's public half sits where this key's vkey would go: keep it, write nothing.
+    (tmp_path / "example.com.vkey").write_text("the vkey clients already trust\n")
+
+    result = run_sealog("keygen", "example.com/log", "--out", "example.com", cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "example.com.vkey already exists" in result.stderr
+    assert (tmp_path / "example.com.vkey").read_text() == "the vkey clients already trust\n"
+    assert not (tmp_path / "example.com").exists(), "a private key without its vkey was left"
+
+
+def test_keygen_refuses_to_clobber_an_existing_private_key(tmp_path: Path) -> None:
+    key = tmp_path / "old.key"
+    key.write_text("precious\n")
+
+    result = run_sealog("keygen", "example.com/log", "--out", str(key), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert f"{key} already exists" in result.stderr
+    assert key.read_text() == "precious\n"
+    assert not (tmp_path / "old.vkey").exists()
+
+
 def test_serve_refuses_a_key_file_others_can_read(tmp_path: Path) -> None:
     key = tmp_path / "log.key"
     assert (
