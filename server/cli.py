@@ -8,7 +8,9 @@ client-side helpers the others share) and ``cli_audit`` (monitors and auditors).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,6 +51,7 @@ Quick start (two terminals):
   sealog checkpoint
 Client commands find the log's public key in --vkey, $SEALOG_VKEY or
 ./sealog-data/log.vkey, and the server in --target or $SEALOG_TARGET.
+A command whose reader goes away (`sealog entries | head`) stops quietly, exit status 141.
 """
 
 
@@ -108,6 +111,13 @@ _DESCRIPTIONS = {
 }
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sealog")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown: not installed as a package)"
+
+
 # --- parser --------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -119,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("keygen", help="create an Ed25519 signing key (file mode 0600)")
@@ -434,7 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:
+        return _stdout_closed()
     except SealogError as e:
         print(f"sealog: error: {e.diagnostics()}", file=sys.stderr)
         return 1
@@ -444,6 +459,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"sealog: error: {e}", file=sys.stderr)
         return 1
+
+
+EXIT_STDOUT_CLOSED = 141
+"""The status when the reader of stdout went away (``sealog entries | head``): 128 +
+SIGPIPE, what a command killed by SIGPIPE reports, so ``set -o pipefail`` sees it as
+usual while the output is known to be cut short."""
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away: stop quietly (no error, no traceback).
+
+    stdout is pointed at /dev/null so that the interpreter's final flush of
+    what is still buffered does not fail a second time.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return EXIT_STDOUT_CLOSED
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import socket
 import stat
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Serve, ServeProcess, run_sealog
+from e2e_support import RunningLog, Serve, ServeProcess, run_sealog, sealog_command
 
+from bench.serve_process import child_env
 from sealog.client.checkpoint import open_checkpoint
 from sealog.client.hashing import leaf_hash
 from sealog.client.leaf import Leaf
@@ -100,6 +102,13 @@ def test_each_subcommand_help_says_what_it_does(tmp_path: Path, command: str, su
     assert result.stdout.startswith(f"usage: sealog {command}")
     assert "--json" in result.stdout or command == "serve"
     assert summary.lower() in result.stdout.lower(), f"`sealog {command} --help`: no summary"
+
+
+def test_version_names_the_installed_package(tmp_path: Path) -> None:
+    result = run_sealog("--version", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"sealog {importlib.metadata.version('sealog')}"
 
 
 def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
@@ -454,3 +463,42 @@ def test_backup_copies_a_serving_log_and_checks_the_copy(cli_log: CliLog, tmp_pa
     assert not (dest / "log.key").exists()  # never the private key
     again = run_sealog("backup", str(cli_log.proc.data_dir), str(dest), cwd=tmp_path)
     assert again.returncode != 0  # never overwrites
+
+
+# --- pipes --------------------------------------------------------------------------------
+def _piped_into_head(*args: str, cwd: Path) -> tuple[str, str, int]:
+    """Run ``sealog ARGS | head -1``: head's output, sealog's stderr and exit status."""
+    producer = subprocess.Popen(
+        [*sealog_command(), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    assert producer.stdout is not None and producer.stderr is not None
+    head = subprocess.Popen(["head", "-1"], stdin=producer.stdout, stdout=subprocess.PIPE)
+    producer.stdout.close()  # head holds the only reading end: when it exits, the pipe closes
+    first, _ = head.communicate(timeout=60)
+    stderr = producer.stderr.read().decode()
+    producer.stderr.close()
+    return first.decode(), stderr, producer.wait(timeout=60)
+
+
+@pytest.mark.parametrize("fmt", [(), ("--json",)], ids=["text", "json"])
+def test_entries_piped_into_head_exits_quietly_on_the_closed_pipe(
+    log: RunningLog, tmp_path: Path, fmt: tuple[str, ...]
+) -> None:
+    # Far more output than a pipe buffers, so sealog is still writing when head exits.
+    with log.client() as client:
+        for start in range(0, 4000, 1000):
+            client.append_batch(
+                [f"entry {i} {'x' * 80}".encode() for i in range(start, start + 1000)]
+            )
+
+    first, stderr, status = _piped_into_head(
+        "entries", "--target", log.target, "--vkey", log.verifier.vkey, *fmt, cwd=tmp_path
+    )
+
+    assert stderr == ""  # was "BrokenPipeError: [Errno 32] Broken pipe" and a traceback
+    assert status == 141  # 128 + SIGPIPE, as for a command the signal ended
+    assert first.startswith('{"index": 0,' if fmt else "0\t")
