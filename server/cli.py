@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from sealog.client import display
 from sealog.client.errors import SealogError
 from sealog.client.event import OUTCOMES
 from sealog.server.cli_audit import cmd_audit, cmd_check_evidence, cmd_monitor, cmd_verify
@@ -450,14 +451,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except BrokenPipeError:
         return _stdout_closed()
+    # Error texts quote what a log or a file said: one escaped line each.
     except SealogError as e:
-        print(f"sealog: error: {e.diagnostics()}", file=sys.stderr)
+        print(f"sealog: error: {display.escape(e.diagnostics())}", file=sys.stderr)
         return 1
     except grpc.RpcError as e:
-        print(f"sealog: error: {e.code().name}: {e.details()}", file=sys.stderr)
+        print(
+            f"sealog: error: {e.code().name}: {display.escape(e.details() or '')}", file=sys.stderr
+        )
         return 1
     except (OSError, ValueError) as e:
-        print(f"sealog: error: {e}", file=sys.stderr)
+        print(f"sealog: error: {display.escape(str(e))}", file=sys.stderr)
         return 1
 
 

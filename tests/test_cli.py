@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import RunningLog, Serve, ServeProcess, run_sealog, sealog_command
+from e2e_support import OpenLog, RunningLog, Serve, ServeProcess, run_sealog, sealog_command
 
 from bench.serve_process import child_env
 from sealog.client.checkpoint import open_checkpoint
@@ -23,6 +23,7 @@ from sealog.client.leaf import Leaf
 from sealog.client.log_client import LogClient
 from sealog.client.note import Ed25519Signer, Ed25519Verifier
 from sealog.client.verify import verify_consistency
+from sealog.server.policy import hash_api_key, new_api_key
 
 # Each command's one-line summary, as `sealog --help` lists it.
 SUBCOMMANDS = {
@@ -502,3 +503,77 @@ def test_entries_piped_into_head_exits_quietly_on_the_closed_pipe(
     assert stderr == ""  # was "BrokenPipeError: [Errno 32] Broken pipe" and a traceback
     assert status == 141  # 128 + SIGPIPE, as for a command the signal ended
     assert first.startswith('{"index": 0,' if fmt else "0\t")
+
+
+# --- what clients appended, shown to people -------------------------------------------------
+FORGERY = b"\n0\t1767225600000\tadmin\tok\x1b[2J\t"
+"""Appended to a payload, it would print as a second entry line, by "admin", and clear the
+screen, if output were raw."""
+
+
+def test_entries_prints_one_escaped_line_for_a_payload_with_newlines_tabs_and_escapes(
+    cli_log: CliLog,
+) -> None:
+    with cli_log.client() as client:
+        receipt = client.append(b"deploy ok" + FORGERY)
+        plain = client.append(b"back\\slash caf\xc3\xa9 \xff")
+
+    text = cli_log.run("entries", str(receipt.index), str(plain.index + 1)).stdout
+
+    lines = text.splitlines()
+    assert len(lines) == 2, text
+    assert "\x1b" not in text
+    fields = lines[0].split("\t")
+    assert fields[0] == str(receipt.index)
+    assert fields[2] == "-"
+    assert fields[3] == "deploy ok\\n0\\t1767225600000\\tadmin\\tok\\x1b[2J\\t"
+    # A backslash is escaped too (so "\\n" in a payload never reads as a newline); text in any
+    # script stays readable; a byte that is not UTF-8 shows as \xNN.
+    assert lines[1].split("\t")[3] == "back\\\\slash café \\xff"
+    # --json is unchanged: the exact payload, JSON-escaped.
+    (as_json,) = cli_log.json_lines("entries", str(receipt.index), str(receipt.index + 1))
+    assert as_json["payload"] == (b"deploy ok" + FORGERY).decode()
+
+
+def test_search_prints_one_escaped_line_per_entry(open_log: OpenLog, tmp_path: Path) -> None:
+    token = new_api_key()
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'public_read = true\n[[identity]]\nname = "ci-bot"\nroles = ["append", "read"]\n'
+        f'[[api_key]]\nidentity = "ci-bot"\nsha256 = "{hash_api_key(token)}"\n'
+    )
+    log = open_log(policy_file=policy)
+    with log.client(api_key=token) as client:
+        receipt = client.append(b"deploy ok" + FORGERY)
+    identity = Leaf.parse(receipt.leaf).identity
+    assert identity
+
+    result = run_sealog(
+        "search", "--identity", identity, "--target", log.target, "--vkey", log.verifier.vkey,
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert line.split("\t")[2] == "deploy ok\\n0\\t1767225600000\\tadmin\\tok\\x1b[2J\\t"
+
+
+def test_verify_and_audit_texts_escape_payloads_and_labels(cli_log: CliLog, tmp_path: Path) -> None:
+    with cli_log.client() as client:
+        receipt = client.append(b"deploy ok" + FORGERY)
+    bundle = tmp_path / "e.tlog-proof"
+    cli_log.run("prove", "--index", str(receipt.index), "--bundle", str(bundle))
+
+    verified = run_sealog("verify", str(bundle), "--vkey", cli_log.proc.vkey, cwd=tmp_path)
+
+    assert verified.returncode == 0, verified.stderr
+    lines = verified.stdout.splitlines()
+    assert len(lines) == 3, verified.stdout
+    assert lines[2] == "  payload deploy ok\\n0\\t1767225600000\\tadmin\\tok\\x1b[2J\\t"
+
+    batch = tmp_path / "events.jsonl"
+    label = "mine\nforged-event  included          0  " + "00" * 32
+    batch.write_text(json.dumps({"label": label, "index": receipt.index}) + "\n")
+    table = cli_log.run("audit", "--batch", str(batch)).stdout.splitlines()
+    assert len(table) == 3, table  # header, one event, the summary
+    assert table[1].startswith("mine\\nforged-event  included")
