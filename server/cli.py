@@ -83,7 +83,10 @@ _DESCRIPTIONS = {
     "reload-policy": "Takes effect from the next request: a key removed from the file is "
     "refused from then on. Sending SIGHUP to the server does the same.",
     "entries": "Entries [START, END), each page verified against the latest checkpoint "
-    "before it is printed: index, acceptance time (ms), identity, payload.",
+    "before it is printed: index, acceptance time (ms), identity, payload, one line each, "
+    "tab-separated. Identity and payload are shown escaped (backslash, \\n, \\t, \\xNN for "
+    "other controls and bytes that are not UTF-8, \\uNNNN for other unprintable characters); "
+    "--json gives them exactly.",
     "monitor": "The logs are listed in a TOML config (docs/monitoring.md). Each poll verifies "
     "the new checkpoint's signature and its consistency with the last trusted one; optionally "
     "it re-hashes every entry (full_audit), checks the witnessed checkpoint against a witness "
