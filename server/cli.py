@@ -483,6 +483,8 @@ def _stdout_closed() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file descriptor (an in-process caller's buffer)
     finally:
         os.close(devnull)
     return EXIT_STDOUT_CLOSED
