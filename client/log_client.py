@@ -29,6 +29,7 @@ from sealog.client.api_key import with_api_key
 from sealog.client.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.cosignature import Cosignature, CosignatureVerifier
+from sealog.client.display import escape
 from sealog.client.errors import (
     EntriesMismatchError,
     FormatError,
@@ -760,9 +761,9 @@ def _leaf_problem(leaf: bytes) -> str:
 
 def _log_retry(error: grpc.RpcError, attempt: int, attempts: int, wait: float) -> None:
     log.info(
-        "sealog: %s (%s); attempt %d of %d failed, retrying in %.2f s with the same request",
+        "%s (%s); attempt %d of %d failed, retrying in %.2f s with the same request",
         error.code().name,
-        error.details(),
+        escape(error.details() or ""),
         attempt,
         attempts,
         wait,
