@@ -48,6 +48,7 @@ from typing import Any
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.cosignature import CosignatureVerifier, verify_cosignatures
+from sealog.client.display import escape
 from sealog.client.durable import write_durably
 from sealog.client.errors import (
     EntriesMismatchError,
@@ -336,9 +337,10 @@ class EvidenceVerdict:
     def report(self) -> str:
         """A text for people."""
         head = "EVIDENCE HOLDS" if self.holds else "EVIDENCE DOES NOT HOLD"
-        lines = [f"{head} ({self.kind})", *(f"  - {f}" for f in self.findings)]
+        # Findings quote the file (summaries, names, messages): one escaped line each.
+        lines = [f"{head} ({escape(self.kind)})", *(f"  - {escape(f)}" for f in self.findings)]
         if self.proves:
-            lines.append(self.proves)
+            lines.append(escape(self.proves))
         return "\n".join(lines)
 
 

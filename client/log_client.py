@@ -7,15 +7,17 @@ leaves are re-parsed and re-hashed. A server that lies gets a
 
 Appends never duplicate and never lose an event: each entry carries an
 idempotency key (a random one unless the caller gives its own), and the
-request is retried, with the same keys, when the server is unavailable
-(gRPC's retry policy) or the answer did not arrive in time (here).
+request is retried, with the same keys, when the server is unavailable, over
+a quota or queue limit that it says will clear (google.rpc.RetryInfo), or the
+answer did not arrive in time: :class:`~sealog.client.retry.RetryPolicy`
+says when, waiting at least the delay the log asked for, and for how long.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +30,7 @@ from sealog.client.api_key import with_api_key
 from sealog.client.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.cosignature import Cosignature, CosignatureVerifier
+from sealog.client.display import escape
 from sealog.client.errors import (
     EntriesMismatchError,
     FormatError,
@@ -38,6 +41,7 @@ from sealog.client.hashing import leaf_hash as rfc6962_leaf_hash
 from sealog.client.leaf import MAX_IDENTITY_BYTES, Leaf
 from sealog.client.note import Ed25519Verifier, NoteVerifier
 from sealog.client.range_proof import VerifiedRange, verify_range
+from sealog.client.retry import RetryPolicy
 from sealog.client.verify import verify_consistency, verify_inclusion
 from sealog.client.witness_policy import WitnessPolicy
 from sealog.v1 import log_pb2, log_pb2_grpc
@@ -50,10 +54,7 @@ __all__ = [
     "Receipt",
 ]
 
-_SERVICE = "sealog.v1.LogService"
-_RETRY_CODES = ("UNAVAILABLE",)
-"""Retried by gRPC's retry policy (before the server has answered anything)."""
-_CLIENT_RETRY = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+log = logging.getLogger(__name__)
 DUPLICATE_CLOCK_SKEW_S = 300.0
 """Default bound on how far a log's clock may be behind the client's (docs/api.md)."""
 
@@ -155,6 +156,12 @@ class LogClient:
     ``entries_per_call`` bounds the leaves one GetEntries call asks for; it
     must not exceed the server's ``max_entries_per_request_range``.
 
+    ``retry`` says which failed calls are tried again and for how long
+    (:class:`~sealog.client.retry.RetryPolicy`; by default up to
+    ``max_attempts`` attempts, honouring the log's RetryInfo up to 30 s a wait
+    and 60 s in all). A GetEntries stream that fails is resumed after its
+    last verified page.
+
     ``api_key`` is presented on every call (``authorization: Bearer``);
     ``credentials`` (see :func:`sealog.client.tls.channel_credentials`)
     connect with TLS, with a client certificate for mutual TLS.
@@ -183,6 +190,7 @@ class LogClient:
         entries_per_call: int = 100_000,
         identity: str | None = None,
         clock_skew_s: float = DUPLICATE_CLOCK_SKEW_S,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.verifier: NoteVerifier = (
             Ed25519Verifier.from_vkey(verifier) if isinstance(verifier, str) else verifier
@@ -200,7 +208,7 @@ class LogClient:
                 raise ValueError("witness_threshold needs witness keys (witnesses=[...])")
             self.policy = None
         self.timeout = timeout
-        self.max_attempts = max_attempts
+        self.retry = retry if retry is not None else RetryPolicy(max_attempts=max_attempts)
         if entries_per_call < 1:
             raise ValueError(f"entries_per_call: {entries_per_call}, want >= 1")
         self.entries_per_call = entries_per_call
@@ -211,9 +219,10 @@ class LogClient:
         self.identity = identity
         self.clock_skew_s = clock_skew_s
         if channel is None:
+            # No gRPC retry policy: it would retry UNAVAILABLE without the log's
+            # RetryInfo delay. Retries are this client's (RetryPolicy); gRPC only
+            # makes its transparent retries of calls that never left the client.
             options = [
-                ("grpc.enable_retries", 1),
-                ("grpc.service_config", _service_config(max_attempts)),
                 ("grpc.max_receive_message_length", 80 * 1024 * 1024),
                 ("grpc.max_send_message_length", 80 * 1024 * 1024),
             ]
@@ -240,23 +249,58 @@ class LogClient:
         self.close()
 
     # --- plumbing ---------------------------------------------------------
-    def _call(self, method: Callable[..., T], request: Any) -> T:
-        """Call with a deadline; retry what gRPC's own retry policy cannot.
+    @property
+    def max_attempts(self) -> int:
+        """Attempts per call, the first one included (``retry.max_attempts``)."""
+        return self.retry.max_attempts
 
-        A deadline miss, and CANCELLED from a server that took the call but shut
-        down before running it, are retried with the same request: every
-        request is idempotent (appends carry idempotency keys).
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        """Call with a deadline; retry as :attr:`retry` says, with the same request.
+
+        Every request is idempotent (appends carry their idempotency keys), so
+        sending the same one again never logs an event twice.
         """
-        delay = 0.1
-        for attempt in range(1, self.max_attempts + 1):
+        attempt, waited = 1, 0.0
+        while True:
             try:
                 return method(request, timeout=self.timeout)
             except grpc.RpcError as e:
-                if e.code() not in _CLIENT_RETRY or attempt == self.max_attempts:
+                wait = self.retry.wait_before_retry(e, attempt, waited)
+                if wait is None:
                     raise
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+                _log_retry(e, attempt, self.retry.max_attempts, wait)
+            time.sleep(wait)
+            attempt, waited = attempt + 1, waited + wait
+
+    def _entries_pages(
+        self, start: int, end: int, tree_size: int, page_size: int
+    ) -> Iterator[log_pb2.EntriesPage]:
+        """GetEntries pages for ``[start, end)``; a failed stream is resumed.
+
+        After a retryable failure (:attr:`retry`) the call is made again from
+        the end of the last page the caller took, so no leaf is skipped or
+        served twice. Each page taken resets the count of attempts: only
+        failures in a row, with nothing received between them, give up.
+        The caller checks every page (start, count, proof).
+        """
+        attempt, waited = 1, 0.0
+        while start < end:
+            request = log_pb2.GetEntriesRequest(
+                start=start, end=end, tree_size=tree_size, page_size=page_size
+            )
+            try:
+                for page in self._stub.GetEntries(request, timeout=self.timeout):
+                    attempt, waited = 1, 0.0
+                    yield page
+                    start = page.start + len(page.leaves)
+                return
+            except grpc.RpcError as e:
+                wait = self.retry.wait_before_retry(e, attempt, waited)
+                if wait is None:
+                    raise
+                _log_retry(e, attempt, self.retry.max_attempts, wait)
+            time.sleep(wait)
+            attempt, waited = attempt + 1, waited + wait
 
     def _open(self, note: bytes) -> SignedCheckpoint:
         self.last_received_note = note
@@ -574,12 +618,9 @@ class LogClient:
                     f"the audited tree of size {end} has another root than the checkpoint",
                 )
             return
-        request = log_pb2.GetEntriesRequest(
-            start=tree.size, end=end, tree_size=cp.size, page_size=page_size
-        )
         current = tree.copy()
         sha256 = hashlib.sha256
-        for page in self._stub.GetEntries(request, timeout=self.timeout):
+        for page in self._entries_pages(tree.size, end, cp.size, page_size):
             if page.start != current.size or not page.leaves or page.start + len(page.leaves) > end:
                 raise VerificationError(
                     f"GetEntries page starts at {page.start} with {len(page.leaves)} leaves, "
@@ -689,15 +730,14 @@ class LogClient:
     def _entries_window(
         self, cp: Checkpoint, start: int, end: int, page_size: int
     ) -> Iterator[Entry]:
-        request = log_pb2.GetEntriesRequest(
-            start=start, end=end, tree_size=cp.size, page_size=page_size
-        )
         expected = start
-        for page in self._stub.GetEntries(request, timeout=self.timeout):
-            if page.start != expected or not page.leaves:
+        for page in self._entries_pages(start, end, cp.size, page_size):
+            # The whole page is checked (where it starts, how many leaves, the window
+            # asked for, the proof) before any of its leaves is yielded.
+            if page.start != expected or not page.leaves or expected + len(page.leaves) > end:
                 raise VerificationError(
                     f"GetEntries page starts at {page.start} with {len(page.leaves)} leaves, "
-                    f"want a page at {expected}"
+                    f"want a page at {expected} ending by {end}"
                 )
             for leaf in page.leaves:
                 _parse_leaf(leaf)
@@ -816,20 +856,12 @@ def _leaf_problem(leaf: bytes) -> str:
     return ""
 
 
-def _service_config(max_attempts: int) -> str:
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [{"service": _SERVICE}],
-                    "retryPolicy": {
-                        "maxAttempts": max(2, min(max_attempts, 5)),
-                        "initialBackoff": "0.1s",
-                        "maxBackoff": "5s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": list(_RETRY_CODES),
-                    },
-                }
-            ]
-        }
+def _log_retry(error: grpc.RpcError, attempt: int, attempts: int, wait: float) -> None:
+    log.info(
+        "%s (%s); attempt %d of %d failed, retrying in %.2f s with the same request",
+        error.code().name,
+        escape(error.details() or ""),
+        attempt,
+        attempts,
+        wait,
     )

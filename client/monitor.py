@@ -46,6 +46,7 @@ import grpc
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.cosignature import CosignatureVerifier, Cosigner, cosign_checkpoint
+from sealog.client.display import escape
 from sealog.client.errors import (
     EntriesMismatchError,
     InconsistentCheckpointsError,
@@ -390,7 +391,8 @@ class LogMonitor:
 
     # --- output ---------------------------------------------------------------------
     def _say(self, text: str) -> None:
-        self.out.write(f"{_utc()} {self.config.name}: {text}\n")
+        # One line per message: what the log sent (error details, names) is escaped.
+        self.out.write(f"{_utc()} {self.config.name}: {escape(text)}\n")
         self.out.flush()
 
     def _save(self, state: MonitorState) -> None:

@@ -41,15 +41,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from sealog.client.errors import SealogError
 from sealog.client.event import AuditEvent
 from sealog.client.log_client import LogClient
+from sealog.client.retry import retry_delay
 from sealog.client.spool import PendingEvent, Spool, SpoolError
 
 __all__ = [
@@ -156,24 +154,6 @@ def _status_code(error: BaseException) -> grpc.StatusCode | None:
     return None
 
 
-def _retry_delay(error: BaseException) -> float | None:
-    """The google.rpc.RetryInfo delay in an RPC error's status details, if any."""
-    if not isinstance(error, grpc.Call):
-        return None
-    try:
-        status: Any = rpc_status.from_call(error)
-    except Exception:
-        return None
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info: Any = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return float(info.retry_delay.ToTimedelta().total_seconds())
-    return None
-
-
 _UNVERIFIED_ATTEMPTS = 3
 """Tries of an append whose answer did not verify before its events count as failed."""
 
@@ -190,9 +170,9 @@ def _is_transient(error: BaseException, attempt: int) -> tuple[bool, float | Non
         # make that safe); one that does repeat must not wedge the queue.
         return isinstance(error, SealogError) and attempt + 1 < _UNVERIFIED_ATTEMPTS, None
     if code in _TRANSIENT_CODES:
-        return True, _retry_delay(error)
+        return True, retry_delay(error)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        delay = _retry_delay(error)  # a quota or a full queue says when to come back
+        delay = retry_delay(error)  # a quota or a full queue says when to come back
         return delay is not None, delay
     return False, None
 

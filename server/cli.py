@@ -8,12 +8,15 @@ client-side helpers the others share) and ``cli_audit`` (monitors and auditors).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 import grpc
 
+from sealog.client import display
 from sealog.client.errors import SealogError
 from sealog.client.event import OUTCOMES
 from sealog.server.cli_audit import cmd_audit, cmd_check_evidence, cmd_monitor, cmd_verify
@@ -70,13 +73,14 @@ Quick start (two terminals):
   sealog checkpoint
 Client commands find the log's public key in --vkey, $SEALOG_VKEY or
 ./sealog-data/log.vkey, and the server in --target or $SEALOG_TARGET.
+A command whose reader goes away (`sealog entries | head`) stops quietly, exit status 141.
 """
 
 
 _DESCRIPTIONS = {
-    "keygen": "The private key file is created with mode 0600 and never overwritten; "
-    "the verifier key (vkey) is printed and written beside it as NAME.vkey, to give to "
-    "clients.",
+    "keygen": "The private key file is created with mode 0600; the verifier key (vkey) is "
+    "printed and written beside it, to give to clients: --out x.key gives x.vkey, --out "
+    "dir/example.com gives dir/example.com.vkey. Nothing is written if either file exists.",
     "append": "A receipt is the event's index, leaf hash and the signed checkpoint "
     "that includes it, all verified. Events come from the argument, a file (--file, one "
     "event), or stdin (one event per line). Each request is atomic; retries never log "
@@ -101,7 +105,10 @@ _DESCRIPTIONS = {
     "reload-policy": "Takes effect from the next request: a key removed from the file is "
     "refused from then on. Sending SIGHUP to the server does the same.",
     "entries": "Entries [START, END), each page verified against the latest checkpoint "
-    "before it is printed: index, acceptance time (ms), identity, payload.",
+    "before it is printed: index, acceptance time (ms), identity, payload, one line each, "
+    "tab-separated. Identity and payload are shown escaped (backslash, \\n, \\t, \\xNN for "
+    "other controls and bytes that are not UTF-8, \\uNNNN for other unprintable characters); "
+    "--json gives them exactly.",
     "monitor": "The logs are listed in a TOML config (docs/monitoring.md). Each poll verifies "
     "the new checkpoint's signature and its consistency with the last trusted one; optionally "
     "it re-hashes every entry (full_audit), checks the witnessed checkpoint against a witness "
@@ -130,6 +137,13 @@ _DESCRIPTIONS = {
 }
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sealog")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown: not installed as a package)"
+
+
 # --- parser --------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -141,11 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("keygen", help="create an Ed25519 signing key (file mode 0600)")
     p.add_argument("name", help="key name; for a log, its origin (e.g. example.com/log)")
-    p.add_argument("--out", help="private key file (default NAME.key); the vkey goes beside it")
+    p.add_argument(
+        "--out",
+        help="private key file (default NAME.key, '/' as '_'); the vkey goes beside it, named "
+        "as the key file without a trailing .key, plus .vkey",
+    )
     p.add_argument(
         "--witness",
         action="store_true",
@@ -497,16 +516,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:
+        return _stdout_closed()
+    # Error texts quote what a log or a file said: one escaped line each.
     except SealogError as e:
-        print(f"sealog: error: {e.diagnostics()}", file=sys.stderr)
+        print(f"sealog: error: {display.escape(e.diagnostics())}", file=sys.stderr)
         return 1
     except grpc.RpcError as e:
-        print(f"sealog: error: {e.code().name}: {e.details()}", file=sys.stderr)
+        print(
+            f"sealog: error: {e.code().name}: {display.escape(e.details() or '')}", file=sys.stderr
+        )
         return 1
     except (OSError, ValueError) as e:
-        print(f"sealog: error: {e}", file=sys.stderr)
+        print(f"sealog: error: {display.escape(str(e))}", file=sys.stderr)
         return 1
+
+
+EXIT_STDOUT_CLOSED = 141
+"""The status when the reader of stdout went away (``sealog entries | head``): 128 +
+SIGPIPE, what a command killed by SIGPIPE reports, so ``set -o pipefail`` sees it as
+usual while the output is known to be cut short."""
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away: stop quietly (no error, no traceback).
+
+    stdout is pointed at /dev/null so that the interpreter's final flush of
+    what is still buffered does not fail a second time.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file descriptor (an in-process caller's buffer)
+    finally:
+        os.close(devnull)
+    return EXIT_STDOUT_CLOSED
 
 
 if __name__ == "__main__":

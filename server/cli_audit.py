@@ -14,11 +14,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sealog.client import display
 from sealog.client.audit import SoughtEvent, audit_events, events_from_jsonl
 from sealog.client.bundle import ProofBundle
 from sealog.client.checkpoint import open_checkpoint
 from sealog.client.errors import SealogError
 from sealog.client.evidence import check_evidence, read_evidence
+from sealog.client.leaf import Leaf
 from sealog.client.monitor import Monitor, MonitorConfig
 from sealog.server.cli_client import (
     b64,
@@ -71,7 +73,8 @@ def cmd_check_evidence(args: argparse.Namespace) -> int:
             "observed_at": evidence.observed_at,
             "summary": evidence.summary,
         },
-        f"{evidence.summary} (observed {evidence.observed_at})\n{verdict.report()}",
+        f"{display.escape(evidence.summary)} (observed {display.escape(evidence.observed_at)})\n"
+        f"{verdict.report()}",
     )
     return 0 if verdict.holds else 1
 
@@ -110,13 +113,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         for r in results:
             print(json.dumps({**r.to_json(), "checkpoint": checkpoint_json(cp)}), flush=True)
     else:
-        width = max(len("EVENT"), *(len(r.event.label) for r in results))
+        labels = [display.escape(r.event.label) for r in results]
+        width = max(len("EVENT"), *(len(label) for label in labels))
         print(f"{'EVENT':<{width}}  {'STATUS':<9}  {'INDEX':>8}  LEAF HASH")
-        for r in results:
+        for r, label in zip(results, labels, strict=True):
             index = "-" if r.index is None else str(r.index)
             leaf = r.leaf_hash.hex() if r.leaf_hash else "-"
-            line = f"{r.event.label:<{width}}  {r.status:<9}  {index:>8}  {leaf}"
-            print(line + (f"  ({r.detail})" if r.detail else ""))
+            line = f"{label:<{width}}  {r.status:<9}  {index:>8}  {leaf}"
+            print(line + (f"  ({display.escape(r.detail)})" if r.detail else ""))
         witnessed = f", {len(cosigned)} witness cosignature(s) verified" if cosigned else ""
         ok = sum(r.included for r in results)
         print(
@@ -146,16 +150,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     }
     text = (
         f"VALID: entry {verified.index} (leaf hash {verified.leaf_hash.hex()}) is in the tree "
-        f"of size {cp.size}, root {b64(cp.root_hash)}, signed by {verifier.name}"
+        f"of size {cp.size}, root {b64(cp.root_hash)}, signed by {display.escape(verifier.name)}"
     )
     if verified.cosignatures:
-        text += f" and cosigned by {', '.join(c.name for c in verified.cosignatures)}"
+        names = ", ".join(display.escape(c.name) for c in verified.cosignatures)
+        text += f" and cosigned by {names}"
     if bundle.extra is not None:
         obj["entry"] = leaf_json(verified.index, bundle.extra)
-        entry = obj["entry"]
+        leaf = Leaf.parse(bundle.extra)
         text += (
-            f"\n  accepted_at_ms {entry['accepted_at_ms']}  identity {entry['identity'] or '-'}"
-            f"\n  payload {entry.get('payload', entry['payload_b64'])}"
+            f"\n  accepted_at_ms {leaf.accepted_at_ms}  identity {display.identity(leaf.identity)}"
+            f"\n  payload {display.escape(leaf.payload)}"
         )
     emit(args, obj, text)
     return 0

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sealog.client import display
 from sealog.client.bundle import ProofBundle
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
 from sealog.client.cosignature import CosignatureVerifier
@@ -48,6 +49,7 @@ __all__ = [
     "cmd_prove",
     "cmd_search",
     "emit",
+    "entry_line",
     "leaf_json",
     "verifier_from_args",
     "witness_keys",
@@ -355,15 +357,21 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     return 0
 
 
+def entry_line(index: int, leaf: bytes, *, with_identity: bool = True) -> str:
+    """One entry as one tab-separated line: index, acceptance time (ms), identity, payload.
+
+    The identity and the payload are escaped (:mod:`sealog.client.display`), so
+    whatever a client appended shows as exactly one line with these columns.
+    """
+    parsed = Leaf.parse(leaf)
+    identity = f"{display.identity(parsed.identity)}\t" if with_identity else ""
+    return f"{index}\t{parsed.accepted_at_ms}\t{identity}{display.escape(parsed.payload)}"
+
+
 def cmd_entries(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         for e in client.entries(args.start, args.end):
-            obj = leaf_json(e.index, e.leaf)
-            text = (
-                f"{e.index}\t{obj['accepted_at_ms']}\t{obj['identity'] or '-'}\t"
-                f"{obj.get('payload', obj['payload_b64'])}"
-            )
-            emit(args, obj, text)
+            emit(args, leaf_json(e.index, e.leaf), entry_line(e.index, e.leaf))
     return 0
 
 
@@ -387,7 +395,5 @@ def cmd_search(args: argparse.Namespace) -> int:
     until = _time_ms(args.until, "--until")
     with client_from_args(args) as client:
         for e in client.search(args.identity, since, until, page_size=args.page_size):
-            obj = leaf_json(e.index, e.leaf)
-            text = f"{e.index}\t{obj['accepted_at_ms']}\t{obj.get('payload', obj['payload_b64'])}"
-            emit(args, obj, text)
+            emit(args, leaf_json(e.index, e.leaf), entry_line(e.index, e.leaf, with_identity=False))
     return 0

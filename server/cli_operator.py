@@ -17,7 +17,12 @@ from pathlib import Path
 from sealog.client.checkpoint import open_checkpoint
 from sealog.client.cosignature import Cosigner
 from sealog.client.errors import SealogError
-from sealog.client.keyfile import read_key_file, write_private_key_file
+from sealog.client.keyfile import (
+    read_key_file,
+    vkey_path_for,
+    write_private_key_file,
+    write_public_key_file,
+)
 from sealog.client.note import Ed25519Signer, Ed25519Verifier
 from sealog.client.witness import Witness
 from sealog.server.app import LogServer, TlsFiles
@@ -47,13 +52,33 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         Cosigner.generate(args.name) if args.witness else Ed25519Signer.generate(args.name)
     )
     out = Path(args.out or f"{args.name.replace('/', '_')}.key")
-    write_private_key_file(out, signer.skey)
+    try:
+        vkey_file = vkey_path_for(out)
+    except ValueError as e:
+        raise SealogError(f"--out {e}") from None
+    for path in (out, vkey_file):
+        if path.exists() or path.is_symlink():
+            raise SealogError(
+                f"{path} already exists; keygen never overwrites a key file: give another "
+                "--out, or move the old key away first"
+            )
     vkey = signer.verifier().vkey
-    out.with_suffix(".vkey").write_text(vkey + "\n")
+    try:
+        write_private_key_file(out, signer.skey)
+    except FileExistsError:
+        raise SealogError(f"{out} already exists; keygen never overwrites a key file") from None
+    try:
+        write_public_key_file(vkey_file, vkey)
+    except OSError as e:
+        out.unlink()  # ours, created just now: leave no key without its vkey
+        raise SealogError(
+            f"{vkey_file}: cannot write the verifier key ({e}); nothing was kept"
+        ) from e
     emit(
         args,
-        {"private_key_file": str(out), "vkey": vkey},
-        f"wrote private key to {out} (mode 0600)\nverifier key: {vkey}",
+        {"private_key_file": str(out), "vkey_file": str(vkey_file), "vkey": vkey},
+        f"wrote private key to {out} (mode 0600) and verifier key to {vkey_file}\n"
+        f"verifier key: {vkey}",
     )
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import socket
 import stat
@@ -13,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Serve, ServeProcess, run_sealog
+from e2e_support import OpenLog, RunningLog, Serve, ServeProcess, run_sealog, sealog_command
 
+from bench.serve_process import child_env
 from sealog.client.checkpoint import open_checkpoint
 from sealog.client.hashing import leaf_hash
 from sealog.client.leaf import Leaf
 from sealog.client.log_client import LogClient
 from sealog.client.note import Ed25519Signer, Ed25519Verifier
 from sealog.client.verify import verify_consistency
+from sealog.server.policy import hash_api_key, new_api_key
 
 # Each command's one-line summary, as `sealog --help` lists it.
 SUBCOMMANDS = {
@@ -102,6 +105,13 @@ def test_each_subcommand_help_says_what_it_does(tmp_path: Path, command: str, su
     assert summary.lower() in result.stdout.lower(), f"`sealog {command} --help`: no summary"
 
 
+def test_version_names_the_installed_package(tmp_path: Path) -> None:
+    result = run_sealog("--version", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"sealog {importlib.metadata.version('sealog')}"
+
+
 def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
     result = run_sealog(cwd=tmp_path)
 
@@ -151,6 +161,66 @@ def test_keygen_json_and_no_overwrite(tmp_path: Path) -> None:
     assert again.returncode != 0
     assert "exists" in again.stderr
     assert key.read_bytes() == before, "keygen overwrote a private key"
+
+
+def test_keygen_out_ending_in_vkey_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    # It used to write the private key to NAME.vkey and then overwrite it with the vkey.
+    out = tmp_path / "log.vkey"
+
+    result = run_sealog("keygen", "example.com/log", "--out", str(out), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "must not end in .vkey" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("out", "vkey_file"),
+    [
+        ("x.key", "x.vkey"),
+        ("dir/example.com", "dir/example.com.vkey"),  # was dir/example.vkey
+        ("dir/log", "dir/log.vkey"),
+        ("a.b.key", "a.b.vkey"),
+    ],
+)
+def test_keygen_vkey_path_appends_vkey_to_the_key_name(
+    tmp_path: Path, out: str, vkey_file: str
+) -> None:
+    (tmp_path / "dir").mkdir()
+
+    result = run_sealog("keygen", "example.com/log", "--out", out, "--json", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["vkey_file"] == vkey_file
+    assert (tmp_path / vkey_file).read_text().strip() == shown["vkey"]
+    signer = Ed25519Signer.from_skey((tmp_path / out).read_text().strip())
+    assert signer.verifier().vkey == shown["vkey"]
+    assert stat.S_IMODE((tmp_path / out).stat().st_mode) == 0o600
+
+
+def test_keygen_refuses_to_clobber_an_existing_vkey(tmp_path: Path) -> None:
+    # Another key's public half sits where this key's vkey would go: keep it, write nothing.
+    (tmp_path / "example.com.vkey").write_text("the vkey clients already trust\n")
+
+    result = run_sealog("keygen", "example.com/log", "--out", "example.com", cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "example.com.vkey already exists" in result.stderr
+    assert (tmp_path / "example.com.vkey").read_text() == "the vkey clients already trust\n"
+    assert not (tmp_path / "example.com").exists(), "a private key without its vkey was left"
+
+
+def test_keygen_refuses_to_clobber_an_existing_private_key(tmp_path: Path) -> None:
+    key = tmp_path / "old.key"
+    key.write_text("precious\n")
+
+    result = run_sealog("keygen", "example.com/log", "--out", str(key), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert f"{key} already exists" in result.stderr
+    assert key.read_text() == "precious\n"
+    assert not (tmp_path / "old.vkey").exists()
 
 
 def test_serve_refuses_a_key_file_others_can_read(tmp_path: Path) -> None:
@@ -394,3 +464,116 @@ def test_backup_copies_a_serving_log_and_checks_the_copy(cli_log: CliLog, tmp_pa
     assert not (dest / "log.key").exists()  # never the private key
     again = run_sealog("backup", str(cli_log.proc.data_dir), str(dest), cwd=tmp_path)
     assert again.returncode != 0  # never overwrites
+
+
+# --- pipes --------------------------------------------------------------------------------
+def _piped_into_head(*args: str, cwd: Path) -> tuple[str, str, int]:
+    """Run ``sealog ARGS | head -1``: head's output, sealog's stderr and exit status."""
+    producer = subprocess.Popen(
+        [*sealog_command(), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    assert producer.stdout is not None and producer.stderr is not None
+    head = subprocess.Popen(["head", "-1"], stdin=producer.stdout, stdout=subprocess.PIPE)
+    producer.stdout.close()  # head holds the only reading end: when it exits, the pipe closes
+    first, _ = head.communicate(timeout=60)
+    stderr = producer.stderr.read().decode()
+    producer.stderr.close()
+    return first.decode(), stderr, producer.wait(timeout=60)
+
+
+@pytest.mark.parametrize("fmt", [(), ("--json",)], ids=["text", "json"])
+def test_entries_piped_into_head_exits_quietly_on_the_closed_pipe(
+    log: RunningLog, tmp_path: Path, fmt: tuple[str, ...]
+) -> None:
+    # Far more output than a pipe buffers, so sealog is still writing when head exits.
+    with log.client() as client:
+        for start in range(0, 4000, 1000):
+            client.append_batch(
+                [f"entry {i} {'x' * 80}".encode() for i in range(start, start + 1000)]
+            )
+
+    first, stderr, status = _piped_into_head(
+        "entries", "--target", log.target, "--vkey", log.verifier.vkey, *fmt, cwd=tmp_path
+    )
+
+    assert stderr == ""  # was "BrokenPipeError: [Errno 32] Broken pipe" and a traceback
+    assert status == 141  # 128 + SIGPIPE, as for a command the signal ended
+    assert first.startswith('{"index": 0,' if fmt else "0\t")
+
+
+# --- what clients appended, shown to people -------------------------------------------------
+FORGERY = b"\n0\t1767225600000\tadmin\tok\x1b[2J\t"
+"""Appended to a payload, it would print as a second entry line, by "admin", and clear the
+screen, if output were raw."""
+
+
+def test_entries_prints_one_escaped_line_for_a_payload_with_newlines_tabs_and_escapes(
+    cli_log: CliLog,
+) -> None:
+    with cli_log.client() as client:
+        receipt = client.append(b"deploy ok" + FORGERY)
+        plain = client.append(b"back\\slash caf\xc3\xa9 \xff")
+
+    text = cli_log.run("entries", str(receipt.index), str(plain.index + 1)).stdout
+
+    lines = text.splitlines()
+    assert len(lines) == 2, text
+    assert "\x1b" not in text
+    fields = lines[0].split("\t")
+    assert fields[0] == str(receipt.index)
+    assert fields[2] == "-"
+    assert fields[3] == "deploy ok\\n0\\t1767225600000\\tadmin\\tok\\x1b[2J\\t"
+    # A backslash is escaped too (so "\\n" in a payload never reads as a newline); text in any
+    # script stays readable; a byte that is not UTF-8 shows as \xNN.
+    assert lines[1].split("\t")[3] == "back\\\\slash café \\xff"
+    # --json is unchanged: the exact payload, JSON-escaped.
+    (as_json,) = cli_log.json_lines("entries", str(receipt.index), str(receipt.index + 1))
+    assert as_json["payload"] == (b"deploy ok" + FORGERY).decode()
+
+
+def test_search_prints_one_escaped_line_per_entry(open_log: OpenLog, tmp_path: Path) -> None:
+    token = new_api_key()
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'public_read = true\n[[identity]]\nname = "ci-bot"\nroles = ["append", "read"]\n'
+        f'[[api_key]]\nidentity = "ci-bot"\nsha256 = "{hash_api_key(token)}"\n'
+    )
+    log = open_log(policy_file=policy)
+    with log.client(api_key=token) as client:
+        receipt = client.append(b"deploy ok" + FORGERY)
+    identity = Leaf.parse(receipt.leaf).identity
+    assert identity
+
+    result = run_sealog(
+        "search", "--identity", identity, "--target", log.target, "--vkey", log.verifier.vkey,
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert line.split("\t")[2] == "deploy ok\\n0\\t1767225600000\\tadmin\\tok\\x1b[2J\\t"
+
+
+def test_verify_and_audit_texts_escape_payloads_and_labels(cli_log: CliLog, tmp_path: Path) -> None:
+    with cli_log.client() as client:
+        receipt = client.append(b"deploy ok" + FORGERY)
+    bundle = tmp_path / "e.tlog-proof"
+    cli_log.run("prove", "--index", str(receipt.index), "--bundle", str(bundle))
+
+    verified = run_sealog("verify", str(bundle), "--vkey", cli_log.proc.vkey, cwd=tmp_path)
+
+    assert verified.returncode == 0, verified.stderr
+    lines = verified.stdout.splitlines()
+    assert len(lines) == 3, verified.stdout
+    assert lines[2] == "  payload deploy ok\\n0\\t1767225600000\\tadmin\\tok\\x1b[2J\\t"
+
+    batch = tmp_path / "events.jsonl"
+    label = "mine\nforged-event  included          0  " + "00" * 32
+    batch.write_text(json.dumps({"label": label, "index": receipt.index}) + "\n")
+    table = cli_log.run("audit", "--batch", str(batch)).stdout.splitlines()
+    assert len(table) == 3, table  # header, one event, the summary
+    assert table[1].startswith("mine\\nforged-event  included")
