@@ -141,7 +141,13 @@ _TRANSIENT_CODES = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
-_SPLIT_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED})
+_SPLIT_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ALREADY_EXISTS,  # one event's key already names another event
+    }
+)
 """Permanent errors that one event of a batch (or the batch's size) can cause."""
 
 

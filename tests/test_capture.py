@@ -688,6 +688,27 @@ def test_refused_events_are_isolated_and_do_not_wedge_the_queue(open_log: OpenLo
     assert shipper.close(WAIT_S)
 
 
+def test_a_reused_key_fails_only_its_own_event_not_its_batch(open_log: OpenLog) -> None:
+    log = open_log()
+    client = log.client()
+    client.append(item(99).to_payload(), idempotency_key="reused-1")
+    refused: list[FailedEvent] = []
+    shipper = shipper_for(client, policy="drop", batch_entries=16, on_error=refused.append)
+    for i in range(4):
+        shipper.submit(item(i))
+    shipper.submit(item(100), idempotency_key="reused-1")  # ALREADY_EXISTS
+    for i in range(4, 8):
+        shipper.submit(item(i))
+    assert shipper.flush(WAIT_S)
+
+    assert resources_in(log.client()) == ["item/99"] + [f"item/{i}" for i in range(8)]
+    assert [(f.idempotency_key, f.code) for f in refused] == [
+        ("reused-1", grpc.StatusCode.ALREADY_EXISTS)
+    ]
+    assert shipper.stats().failed_permanently == 1
+    assert shipper.close(WAIT_S)
+
+
 def test_answers_that_do_not_verify_are_retried_then_refused(open_log: OpenLog) -> None:
     log = open_log()
 
