@@ -62,6 +62,8 @@ def load_or_create_signer(data_dir: Path, key_file: Path | None, origin: str) ->
     try:
         folder.check_holds_a_log()
         signer = folder.signer(key_file, origin)
+        if not folder.new:
+            folder.check_vkey(signer, key_file)
         if folder.new:
             folder.begin_create(signer, key_file)
             folder.end_create()  # the caller creates the storage
@@ -289,6 +291,7 @@ class LogServer:
             executor.shutdown()
             raise
         storage: LmdbStorage | None = None
+        the_log: Log | None = None
         try:
             if folder.new:
                 folder.begin_create(signer, key_file)
@@ -308,10 +311,14 @@ class LogServer:
             )
             if folder.new:
                 folder.end_create()
+            else:
+                folder.check_vkey(signer, key_file)  # after the checkpoint verified with it
         except BaseException:
             loop.run(server.stop(None))
             loop.close()
             executor.shutdown()
+            if the_log is not None:
+                the_log.close()
             if storage is not None:
                 storage.close()
             raise

@@ -228,9 +228,9 @@ class DataFolder:
         """The log's signing key: ``key_file``, else ``log.key`` in the folder.
 
         In a new folder, with no ``key_file``, a new key (written by
-        :meth:`create_log`). In an existing one, ``log.key`` must be there (it
-        is never generated again), and ``log.vkey``, if present, must be the
-        key's verifier key.
+        :meth:`begin_create`). In an existing one, ``log.key`` must be there
+        (it is never generated again); :meth:`check_vkey` compares it with
+        ``log.vkey`` once the stored checkpoint has verified with it.
         """
         key_path = self.path / KEY_FILE
         if key_file is not None:
@@ -245,20 +245,25 @@ class DataFolder:
                 "--key-file. (A backup never holds the key; a new key would not verify the "
                 "log's checkpoints, so none is generated.)"
             )
-        if not self.new:
-            self._check_vkey(signer, key_file or key_path)
         return signer
 
-    def _check_vkey(self, signer: Ed25519Signer, source: Path) -> None:
+    def check_vkey(self, signer: Ed25519Signer, key_file: Path | None) -> None:
+        """``log.vkey``, if present, must be the signing key's verifier key.
+
+        Start-up never rewrites it; one that names another key is the wrong
+        key file, or a rotation whose new verifier key was not put in place.
+        """
+        source = key_file or self.path / KEY_FILE
         vkey_path = self.path / VKEY_FILE
         if not vkey_path.exists():
             return
         stored = read_key_file(vkey_path)
         vkey = signer.verifier().vkey
         if stored != vkey:
+            named = "+".join(stored.split("+")[:2])
             raise DataFolderError(
                 f"the signing key {source} is {signer.name}+{signer.key_hash:08x}, but "
-                f"{vkey_path} is another key ({stored.rsplit('+', 1)[0]}): the wrong key file? "
+                f"{vkey_path} is another key ({named}): the wrong key file? "
                 f"After a key rotation (docs/authentication.md), put the new key's verifier key "
                 f"in {vkey_path} first."
             )

@@ -30,6 +30,7 @@ __all__ = ["fsck_storage"]
 _SIGNAL_WHAT: dict[int, str] = {
     signal.SIGBUS: "a page beyond the end of the file, or one the disk cannot read",
     signal.SIGSEGV: "a damaged page that made LMDB read outside the file",
+    signal.SIGABRT: "LMDB stopped on a failed internal check: a damaged page",
 }
 
 
