@@ -21,8 +21,8 @@ from pathlib import Path
 import grpc
 import pytest
 from e2e_support import RunningLog, Serve, run_sealog
-from lmdb_pages import Layout, layout
 
+from bench.lmdb_pages import Layout, layout
 from bench.serve_process import ServeFailedError
 from sealog.client.log_client import LogClient
 from sealog.server import fsck_process
