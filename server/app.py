@@ -62,11 +62,11 @@ def load_or_create_signer(data_dir: Path, key_file: Path | None, origin: str) ->
     try:
         folder.check_holds_a_log()
         signer = folder.signer(key_file, origin)
-        if not folder.new:
-            folder.check_vkey(signer, key_file)
         if folder.new:
             folder.begin_create(signer, key_file)
             folder.end_create()  # the caller creates the storage
+        else:
+            folder.check_vkey(signer, key_file)
         return signer
     finally:
         folder.release()
