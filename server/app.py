@@ -21,19 +21,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from sealog.client.cosignature import CosignatureVerifier
-from sealog.client.keyfile import read_key_file, write_private_key_file
+from sealog.client.keyfile import read_key_file
 from sealog.client.note import Ed25519Signer
 from sealog.server.auth import Authenticator
 from sealog.server.config import Settings
+from sealog.server.data_folder import KEY_FILE, VKEY_FILE, DataFolder
 from sealog.server.lmdb_storage import LmdbStorage
-from sealog.server.log import Log
+from sealog.server.log import Log, StartupCheckError
 from sealog.server.safe_decode import add_service
 from sealog.server.servicer import SERVICE_NAME, LogServicer
+from sealog.server.storage import StorageCorruptError
 from sealog.server.tls import is_loopback, server_credentials
 from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S, WitnessPusher
 from sealog.v1 import log_pb2_grpc
 
 __all__ = [
+    "KEY_FILE",
+    "VKEY_FILE",
     "EventLoopThread",
     "LogServer",
     "TlsFiles",
@@ -43,25 +47,29 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KEY_FILE = "log.key"
 DRAIN_S = 0.3
 """How long a stopping server answers new calls UNAVAILABLE before it stops."""
-VKEY_FILE = "log.vkey"
 
 
 def load_or_create_signer(data_dir: Path, key_file: Path | None, origin: str) -> Ed25519Signer:
-    """Read the signing key, or (with no key file given) create one in ``data_dir``."""
-    if key_file is not None:
-        return Ed25519Signer.from_skey(read_key_file(key_file, private=True))
-    path = data_dir / KEY_FILE
-    if path.exists():
-        return Ed25519Signer.from_skey(read_key_file(path, private=True))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    signer = Ed25519Signer.generate(origin)
-    write_private_key_file(path, signer.skey)
-    (data_dir / VKEY_FILE).write_text(signer.verifier().vkey + "\n")
-    log.info("generated a new signing key in %s", path)
-    return signer
+    """The signing key of the log in ``data_dir``: ``key_file``, else ``data_dir/log.key``.
+
+    A key is generated (and written with ``log.vkey``) only in a folder that is
+    missing or empty (:mod:`sealog.server.data_folder`); an existing folder
+    without ``log.key`` is refused.
+    """
+    folder = DataFolder.lock(data_dir)
+    try:
+        folder.check_holds_a_log()
+        signer = folder.signer(key_file, origin)
+        if folder.new:
+            folder.begin_create(signer, key_file)
+            folder.end_create()  # the caller creates the storage
+        else:
+            folder.check_vkey(signer, key_file)
+        return signer
+    finally:
+        folder.release()
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,8 @@ class LogServer:
     auth: Authenticator = field(default_factory=Authenticator)
     mtls_port: int | None = None
     servicer: LogServicer | None = None
+    folder: DataFolder | None = None
+    """The data folder, locked while the server runs."""
 
     @classmethod
     def open(
@@ -176,7 +186,12 @@ class LogServer:
         mtls_address: str | None = None,
         extra_key_files: Sequence[str | Path] = (),
     ) -> LogServer:
-        """Open (or create) the log in ``data_dir`` and serve it on ``address``.
+        """Open the log in ``data_dir`` and serve it on ``address``.
+
+        The folder is locked first (:class:`~sealog.server.data_folder.DataFolder`);
+        a new log is created only in a folder that is missing or empty, and an
+        existing folder must hold the log's storage and key, else
+        :class:`~sealog.server.data_folder.DataFolderError`.
 
         ``witnesses`` are the witness keys whose cosignatures AddCosignature
         accepts; ``push_witnesses`` are C2SP tlog-witness add-checkpoint URLs
@@ -202,12 +217,48 @@ class LogServer:
                 "address: give a TLS certificate and key (--tls-cert, --tls-key), or "
                 "--insecure-allow-remote if something else encrypts the traffic"
             )
+        folder = DataFolder.lock(data_dir)  # before anything else is opened
+        try:
+            return cls._open_locked(
+                folder,
+                address=address,
+                origin=origin,
+                key_file=Path(key_file) if key_file is not None else None,
+                settings=settings or Settings(),
+                witnesses=witnesses,
+                push_witnesses=push_witnesses,
+                push_witness_interval_s=push_witness_interval_s,
+                policy_file=policy_file,
+                tls=tls,
+                mtls_address=mtls_address,
+                extra_key_files=extra_key_files,
+            )
+        except BaseException:
+            folder.release()
+            raise
+
+    @classmethod
+    def _open_locked(
+        cls,
+        folder: DataFolder,
+        *,
+        address: str,
+        origin: str,
+        key_file: Path | None,
+        settings: Settings,
+        witnesses: Sequence[CosignatureVerifier],
+        push_witnesses: Sequence[str],
+        push_witness_interval_s: float,
+        policy_file: str | Path | None,
+        tls: TlsFiles | None,
+        mtls_address: str | None,
+        extra_key_files: Sequence[str | Path],
+    ) -> LogServer:
         auth = Authenticator(policy_file)
-        settings = settings or Settings()
-        data_dir = Path(data_dir)
-        signer = load_or_create_signer(
-            data_dir, Path(key_file) if key_file is not None else None, origin
-        )
+        # Everything the folder must hold is checked before anything is created
+        # or the port is bound; a new log's files are written only after that.
+        folder.check_holds_a_log()
+        signer = folder.signer(key_file, origin)
         extra_signers = [
             Ed25519Signer.from_skey(read_key_file(path, private=True)) for path in extra_key_files
         ]
@@ -243,8 +294,15 @@ class LogServer:
             loop.close()
             executor.shutdown()
             raise
-        storage = LmdbStorage(data_dir / "db")
+        storage: LmdbStorage | None = None
+        the_log: Log | None = None
         try:
+            if folder.new:
+                folder.begin_create(signer, key_file)
+            try:
+                storage = LmdbStorage(folder.db, create=folder.new)
+            except StorageCorruptError as e:
+                raise StartupCheckError(f"storage is damaged: {e}") from e
             the_log = Log(
                 storage,
                 signer,
@@ -253,12 +311,20 @@ class LogServer:
                 settings,
                 witnesses=witnesses,
                 extra_signers=extra_signers,
+                create=folder.new,
             )
+            if folder.new:
+                folder.end_create()
+            else:
+                folder.check_vkey(signer, key_file)  # after the checkpoint verified with it
         except BaseException:
             loop.run(server.stop(None))
             loop.close()
             executor.shutdown()
-            storage.close()
+            if the_log is not None:
+                the_log.close()
+            if storage is not None:
+                storage.close()
             raise
         servicer.attach(the_log)
 
@@ -294,6 +360,7 @@ class LogServer:
             auth,
             mtls_port,
             servicer,
+            folder,
         )
 
     def enter_graceful_shutdown(self) -> None:
@@ -325,3 +392,5 @@ class LogServer:
         self.loop.close()
         self.executor.shutdown(cancel_futures=True)  # a bulk read still running finishes first
         self.storage.close()
+        if self.folder is not None:
+            self.folder.release()

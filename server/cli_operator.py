@@ -29,9 +29,8 @@ from sealog.server.app import LogServer, TlsFiles
 from sealog.server.backup import backup
 from sealog.server.cli_client import b64, client_from_args, emit, verifier_from_args, witness_keys
 from sealog.server.config import Settings
-from sealog.server.fsck import fsck
+from sealog.server.fsck_process import fsck_storage
 from sealog.server.http_serve import HttpLimits
-from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.policy import Policy, hash_api_key, new_api_key
 from sealog.server.tls import is_loopback
 from sealog.server.witness_http import WitnessHTTPServer
@@ -238,12 +237,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         db = db / "db"
     if not (db / "data.mdb").exists():
         raise SealogError(f"{args.data_dir}: no log here (no db/data.mdb)")
-    storage = LmdbStorage(db, readonly=True)
-    try:
-        with storage.read() as snapshot:
-            report = fsck(snapshot, verifier, origin=args.origin, progress=not args.json)
-    finally:
-        storage.close()
+    # In a child process: damage that kills LMDB's reader is a PROBLEM line too.
+    report = fsck_storage(db, verifier.vkey, origin=args.origin, progress=not args.json)
     text = "\n".join(f"PROBLEM: {p}" for p in report.problems) or (
         f"ok: {report.entries_checked} entries, every hash, index and the signed "
         f"checkpoint (size {report.size}) verified"

@@ -87,9 +87,13 @@ def fsck(
     origin: str | None = None,
     progress: bool = True,
     max_problems: int = 1000,
+    report: FsckReport | None = None,
 ) -> FsckReport:
-    """Check one snapshot of a log completely; see the module docstring."""
-    report = FsckReport()
+    """Check one snapshot of a log completely; see the module docstring.
+
+    Problems are added to ``report`` (default: a new one) as they are found.
+    """
+    report = FsckReport() if report is None else report
     root = _check_meta(snapshot, verifier, origin, report)
     fmt = snapshot.meta(META_FORMAT)
     if fmt != FORMAT_VERSION and fmt is not None and fmt.startswith(_OTHER_FORMATS):

@@ -37,23 +37,26 @@ to reach zero (:class:`_TxnGate`).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from hashlib import sha256 as _sha256
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import lmdb
 
+from sealog.client.errors import SealogError
 from sealog.client.hashing import node_hash
 from sealog.client.proof import NodeID
+from sealog.server.data_folder import make_private_dir
 from sealog.server.storage import (
     DIGEST_BYTES,
     FORMAT_VERSION,
@@ -102,6 +105,110 @@ _WINDOW_GAP = 1 << (RECOMPUTED_LEVELS + 1)
 
 if GROUP_NODES > 256:
     raise ImportError("GROUP_NODES must fit a slot in one byte")
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Y = TypeVar("_Y")
+_LMDB_DAMAGE = (
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.InvalidError,
+    lmdb.VersionMismatchError,
+    lmdb.IncompatibleError,
+    lmdb.BadValsizeError,
+    lmdb.PanicError,
+)
+"""What LMDB raises on a damaged file (every other lmdb.Error on a read is a fault too)."""
+
+
+def _read_fault(e: lmdb.Error, path: Path) -> StorageCorruptError:
+    """An LMDB error on a read path, as the storage corruption it is (DATA_LOSS)."""
+    return StorageCorruptError(f"{path}: LMDB cannot read the storage: {e}")
+
+
+def _reads(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Raise every LMDB error of a read as :class:`StorageCorruptError`."""
+
+    @functools.wraps(method)
+    def reading(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except lmdb.Error as e:
+            raise _read_fault(e, args[0]._s.path) from e  # type: ignore[attr-defined]
+
+    return reading
+
+
+def _reads_iter(method: Callable[_P, Iterator[_Y]]) -> Callable[_P, Iterator[_Y]]:
+    """:func:`_reads`, for a generator."""
+
+    @functools.wraps(method)
+    def reading(*args: _P.args, **kwargs: _P.kwargs) -> Iterator[_Y]:
+        try:
+            yield from method(*args, **kwargs)
+        except lmdb.Error as e:
+            raise _read_fault(e, args[0]._s.path) from e  # type: ignore[attr-defined]
+
+    return reading
+
+
+_META_PAGE = struct.Struct("<QHHHH II QQ I")
+"""The start of an LMDB meta page (lmdb/mdb.c, ``MDB_page`` then ``MDB_meta``): page
+number, pad, flags, lower, upper; magic, version, address, map size; the first field
+of the free-pages table's ``MDB_db``, which holds the page size."""
+_META_LAST_PAGE = struct.Struct("<QQ")
+"""``mm_last_pg`` and ``mm_txnid``, after the two ``MDB_db`` records (48 bytes each)."""
+_META_LAST_PAGE_AT = 16 + 24 + 2 * 48
+_META_BYTES = _META_LAST_PAGE_AT + _META_LAST_PAGE.size
+_P_META = 0x08
+_MDB_MAGIC = 0xBEEFC0DE
+_MDB_DATA_VERSION = 1
+
+
+def check_data_file(data: Path) -> None:
+    """Check ``data.mdb`` against its own meta pages before LMDB maps it.
+
+    LMDB maps the file and trusts it: a page beyond the end of a truncated file
+    kills the process with SIGBUS when it is read, and a 0-byte file is silently
+    initialised as a new environment. Both meta pages must be intact (LMDB
+    refuses otherwise, less clearly), and the file must reach the last page the
+    newer one (the one LMDB uses) says is in use. Raises :class:`StorageCorruptError`.
+    """
+    size = data.stat().st_size
+    with data.open("rb") as f:
+        metas: list[tuple[int, int, int]] = []  # (txnid, last page, page size)
+        psize = 0
+        for number in (0, 1):
+            f.seek(psize * number)
+            head = f.read(_META_BYTES)
+            if len(head) < _META_BYTES or size < 2 * max(psize, 512):
+                raise StorageCorruptError(
+                    f"{data}: {size} bytes, too short for LMDB's two meta pages: "
+                    "the file was truncated"
+                )
+            _, _, flags, _, _, magic, version, _, _, page_size = _META_PAGE.unpack_from(head)
+            last_page, txnid = _META_LAST_PAGE.unpack_from(head, _META_LAST_PAGE_AT)
+            if not flags & _P_META or magic != _MDB_MAGIC or version != _MDB_DATA_VERSION:
+                raise StorageCorruptError(
+                    f"{data}: LMDB meta page {number} is damaged (flags {flags:#x}, magic "
+                    f"{magic:#x}, version {version}; want a meta page, {_MDB_MAGIC:#x}, "
+                    f"{_MDB_DATA_VERSION})"
+                )
+            if number == 0:
+                if page_size < 512 or page_size > 1 << 16 or page_size & (page_size - 1):
+                    raise StorageCorruptError(
+                        f"{data}: LMDB meta page 0 is damaged (page size {page_size})"
+                    )
+                psize = page_size
+            metas.append((txnid, last_page, psize))
+    _, last_page, psize = max(metas)
+    need = (last_page + 1) * psize
+    if size < need:
+        raise StorageCorruptError(
+            f"{data}: {size:,} bytes, but LMDB's meta page says pages up to {last_page} are "
+            f"in use ({need:,} bytes): the file was truncated"
+        )
 
 
 def _index(key: bytes) -> int:
@@ -243,14 +350,17 @@ class _Txn:
     def checkpoint(self) -> bytes | None:
         return self.meta(_CHECKPOINT)
 
+    @_reads
     def size(self) -> int:
         value = self._txn.get(META_SIZE, db=self._s._meta)
         return 0 if value is None else _stored_index(value, "meta[size]")
 
+    @_reads
     def indexed_upto(self) -> int:
         value = self._txn.get(META_INDEXED_UPTO, db=self._s._meta)
         return 0 if value is None else _stored_index(value, "meta[indexed_upto]")
 
+    @_reads
     def meta(self, key: bytes) -> bytes | None:
         value = self._txn.get(key, db=self._s._meta)
         return None if value is None else bytes(value)
@@ -258,6 +368,7 @@ class _Txn:
     def read_hashes(self, nodes: Sequence[NodeID]) -> list[bytes]:
         return self.read_node_hashes([(n.level, n.index) for n in nodes])
 
+    @_reads
     def read_node_hashes(self, nodes: Sequence[tuple[int, int]]) -> list[bytes]:
         return self._read_nodes(nodes, 1 << 30, {})  # a write batch caches nothing
 
@@ -419,12 +530,14 @@ class _Txn:
                     key = _pack(group)
         return [h for _, h in self.iter_leaf_hashes(start, end)]
 
+    @_reads
     def leaf(self, index: int) -> bytes:
         value = self._txn.get(_pack(index), db=self._s._entries)
         if value is None:
             raise StorageCorruptError(f"entries: no leaf at index {index}")
         return bytes(value)
 
+    @_reads_iter
     def leaves(self, start: int, end: int) -> Iterator[bytes]:
         with self._txn.cursor(db=self._s._entries) as cur:
             if start >= end or not cur.set_key(_pack(start)):
@@ -453,6 +566,7 @@ class _Txn:
             cur = cursors[id(db)] = self._txn.cursor(db=db)
         return cur
 
+    @_reads
     def find_leaf_hash(self, leaf_hash: bytes, below: int) -> int | None:
         # Each candidate with the same 8 bytes is confirmed against the stored leaf hash.
         cur = self._cursor(self._s._leaf_index)
@@ -471,6 +585,7 @@ class _Txn:
             if not cur.next_dup():
                 return None
 
+    @_reads
     def find_idempotency(self, key_digest: bytes) -> int | None:
         # The value holds the whole digest: one cursor positioning answers, hit or miss.
         cur = self._cursor(self._s._idempotency)
@@ -482,6 +597,7 @@ class _Txn:
             return None
         return int(_unpack(value[_DIGEST_REST:])[0])
 
+    @_reads_iter
     def iter_leaf_hashes(self, start: int, end: int) -> Iterator[tuple[int, bytes | None]]:
         if start >= end:
             return
@@ -519,6 +635,7 @@ class _Txn:
                 )
             yield index, hashed, digests.get(index)
 
+    @_reads_iter
     def iter_pending_digests(self) -> Iterator[tuple[int, bytes]]:
         if self._s._pending is None:
             return
@@ -543,6 +660,7 @@ class _Txn:
                     previous = index
                     yield index, bytes(value[at + 8 : at + _PENDING_ITEM])
 
+    @_reads_iter
     def iter_by_identity(
         self, prefix: bytes, start_ms: int, start_index: int
     ) -> Iterator[tuple[int, int]]:
@@ -568,6 +686,7 @@ class _Txn:
                 ms, index = _U64x2.unpack(value)
                 yield int(ms), int(index)
 
+    @_reads_iter
     def _iter(self, db: Any) -> Iterator[tuple[bytes, bytes]]:
         with self._txn.cursor(db=db) as cur:
             for key, value in cur:
@@ -599,6 +718,7 @@ class _Txn:
             else:
                 yield key + value, -1, -1
 
+    @_reads
     def stored_size(self) -> int:
         with self._txn.cursor(db=self._s._entries) as cur:
             if not cur.last():
@@ -720,6 +840,7 @@ class _Snapshot(_Txn):
             self._size = super().size()
         return self._size
 
+    @_reads
     def read_node_hashes(self, nodes: Sequence[tuple[int, int]]) -> list[bytes]:
         # Nodes high in the tree are shared by most proofs and never change once
         # stored: they are kept in memory (LmdbStorage._node_cache), the rest read.
@@ -732,6 +853,9 @@ class _Snapshot(_Txn):
         self._slot = store._gate.enter()
         try:
             self._txn = store._env.begin()
+        except lmdb.Error as e:
+            store._gate.leave(self._slot)
+            raise _read_fault(e, store.path) from e
         except BaseException:
             store._gate.leave(self._slot)
             raise
@@ -751,7 +875,15 @@ class _Snapshot(_Txn):
 
 
 class LmdbStorage:
-    """The log's state in one LMDB environment under ``path`` (created if missing)."""
+    """The log's state in one LMDB environment under ``path``.
+
+    With ``create`` (the default) a missing environment is created (its folder
+    0700, its files 0600); without it, ``path/data.mdb`` must exist and hold
+    one. An existing ``data.mdb`` is checked against its meta pages before it
+    is mapped (:func:`check_data_file`). A damaged environment raises
+    :class:`StorageCorruptError`; one that cannot be opened for another reason,
+    :class:`StorageUnavailableError`.
+    """
 
     def __init__(
         self,
@@ -761,28 +893,49 @@ class LmdbStorage:
         max_map_size: int = 1 << 44,
         max_readers: int = 1024,
         readonly: bool = False,
+        create: bool = True,
     ) -> None:
         path = Path(path)
-        if not readonly:
-            path.mkdir(parents=True, exist_ok=True)
+        data = path / "data.mdb"
+        if not readonly and create:
+            make_private_dir(path)
+        if data.exists() and (data.stat().st_size or not create or readonly):
+            check_data_file(data)
+        elif not create or readonly:
+            raise StorageCorruptError(f"{data}: missing: no LMDB environment here")
         self.path = path
         self._max_map_size = max_map_size
         self._gate = _TxnGate()
         self._node_cache: dict[int, bytes] = {}
         """Hashes of nodes at levels from ``_cache_level`` up, read by snapshots."""
         self._cache_level = _MIN_CACHE_LEVEL
-        self._env = lmdb.open(
-            str(path),
-            map_size=map_size,
-            max_dbs=8,
-            max_readers=max_readers,
-            readonly=readonly,
-            sync=True,
-            metasync=True,
-            readahead=False,
-            meminit=False,
-            lock=True,
-        )
+        try:
+            self._env = lmdb.open(
+                str(path),
+                map_size=map_size,
+                max_dbs=8,
+                max_readers=max_readers,
+                readonly=readonly,
+                create=False,
+                mode=0o600,
+                sync=True,
+                metasync=True,
+                readahead=False,
+                meminit=False,
+                lock=True,
+            )
+        except lmdb.Error as e:
+            raise _open_fault(e, path) from e
+        try:
+            self._open_tables(map_size, readonly)
+        except lmdb.Error as e:
+            self._env.close()
+            raise _open_fault(e, path) from e
+        except BaseException:
+            self._env.close()
+            raise
+
+    def _open_tables(self, map_size: int, readonly: bool) -> None:
         # Existing data files can be larger than the map size asked for.
         self._map_size = max(map_size, int(self._env.info()["map_size"]))
         open_db = self._env.open_db
@@ -832,6 +985,9 @@ class LmdbStorage:
             except lmdb.MapFullError:
                 txn.abort()
                 grow = True
+            except _LMDB_DAMAGE as e:
+                txn.abort()
+                raise StorageCorruptError(f"{self.path}: LMDB cannot write the storage: {e}") from e
             except (lmdb.Error, OSError) as e:
                 txn.abort()
                 raise StorageUnavailableError(_describe(e, self.path)) from e
@@ -862,6 +1018,13 @@ class LmdbStorage:
 
     def close(self) -> None:
         self._env.close()
+
+
+def _open_fault(e: lmdb.Error, path: Path) -> SealogError:
+    """Why the environment in ``path`` did not open: damage, or something else."""
+    if isinstance(e, _LMDB_DAMAGE):
+        return StorageCorruptError(f"{path}: LMDB cannot open the storage, it is damaged: {e}")
+    return StorageUnavailableError(f"{path}: LMDB cannot open the storage: {e}")
 
 
 def _open_optional(env: Any, name: bytes, create: bool, *, dupsort: bool) -> Any:

@@ -100,8 +100,12 @@ class Log:
         witnesses: Sequence[CosignatureVerifier] = (),
         extra_signers: Sequence[NoteSigner] = (),
         clock_ms: Callable[[], int] | None = None,
+        create: bool = True,
     ) -> None:
         """Open the log: create it if the storage is empty, else check it (see :meth:`_check`).
+
+        Without ``create``, storage with no signed checkpoint is refused
+        (:class:`StartupCheckError`) instead: the caller knows a log was there.
 
         Checkpoints are signed by ``signer`` and every one of ``extra_signers``
         (a key rotation, docs/authentication.md); the stored checkpoint must
@@ -121,7 +125,7 @@ class Log:
         self._checkpoint_lock = threading.Lock()
         self._listeners: list[Callable[[bytes], None]] = []
         self._signers = (signer, *extra_signers)
-        tree, last_leaf, tail = self._open()
+        tree, last_leaf, tail = self._open(create)
         self._sequencer = Sequencer(
             storage,
             self._signers,
@@ -137,12 +141,21 @@ class Log:
         self._sequencer.start()
 
     # --- opening ----------------------------------------------------------
-    def _open(self) -> tuple[CompactRange, tuple[str, int] | None, IndexTail]:
+    def _open(self, create: bool) -> tuple[CompactRange, tuple[str, int] | None, IndexTail]:
         """The tree, the identity and acceptance time of its last leaf (None if it has
         none), and the index tail."""
-        with self.storage.read() as snap:
-            note = snap.checkpoint()
+        try:
+            with self.storage.read() as snap:
+                note = snap.checkpoint()
+        except StorageCorruptError as e:
+            raise StartupCheckError(f"storage is damaged: {e}") from e
         if note is None:
+            if not create:
+                raise StartupCheckError(
+                    "storage holds no signed checkpoint: the log's storage was lost or never "
+                    "finished; it is not started as a new log under this key (that would be "
+                    "a fork). Restore it from a backup (`sealog backup`, docs/operations.md)"
+                )
             return self._create(), None, IndexTail(0)
         return self._check(note)
 

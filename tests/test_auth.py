@@ -254,7 +254,9 @@ def test_signing_key_rotation_keeps_every_client_verifying(tmp_path: Path) -> No
             trusted_by_old_client = c.checkpoint()
     finally:
         both.stop()
-    only_new = LogServer.open(data, key_file=new_file)  # step 4: the new key alone
+    (data / "log.vkey").unlink()  # step 4: the new verifier key in place (never rewritten
+    (data / "log.vkey").write_text(new.verifier().vkey + "\n")  # by start-up), the new key alone
+    only_new = LogServer.open(data, key_file=new_file)
     try:
         with LogClient(f"127.0.0.1:{only_new.port}", new.verifier().vkey) as c:
             c.append(b"new key only")
