@@ -136,15 +136,30 @@ _WRITE_FAILED: tuple[type[Exception], ...] = (grpc.aio.InternalError,)
 async def _write_page(context: Context, message: log_pb2.EntriesPage, stall_s: float) -> None:
     """Write ``message``; it returns once the transport took it (HTTP/2 flow control).
 
-    A reader that takes nothing for ``stall_s`` gets DEADLINE_EXCEEDED.
+    A reader that took nothing for ``stall_s`` gets no further page: once the
+    transport takes this one (the client reads again), the stream ends with
+    DEADLINE_EXCEEDED. The write is never cancelled: grpc cannot take a message
+    back, nor queue a status beside it.
     """
+    write = asyncio.ensure_future(context.write(message))
+    write.add_done_callback(_retrieve)
     try:
-        await asyncio.wait_for(context.write(message), stall_s)
-    except TimeoutError:
-        raise StalledStreamError(
-            f"GetEntries: the client took no page for {stall_s:g} s "
-            "(entry_stream_stall_s); read the stream, or ask for fewer leaves"
-        ) from None
+        done, _ = await asyncio.wait({write}, timeout=stall_s)
+        if not done:
+            await write
+            raise StalledStreamError(
+                f"GetEntries: the client took no page for {stall_s:g} s "
+                "(entry_stream_stall_s); read the stream steadily, or ask for fewer leaves"
+            )
+        write.result()
+    finally:
+        write.cancel()  # when the call itself was cancelled meanwhile; else a no-op
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark a write's outcome seen: the caller reports it, or is gone and need not."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _time_out(waiter: asyncio.Future[AppendOutcome]) -> None:
