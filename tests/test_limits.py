@@ -35,6 +35,7 @@ MIB = 1024 * 1024
 _BIG = [("grpc.max_receive_message_length", 100 * MIB), ("grpc.max_send_message_length", 100 * MIB)]
 _UNREAD = [*_BIG, ("grpc.http2.bdp_probe", 0)]
 """A client that stops reading: no HTTP/2 window growth, so the server is held up."""
+_NEW_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def _fill(stub: log_pb2_grpc.LogServiceStub, count: int, payload_bytes: int) -> None:
@@ -120,15 +121,15 @@ def test_unread_entry_streams_do_not_pile_up_server_memory(serve: Serve, tmp_pat
         time.sleep(3)  # let the server produce what it will
         peak = _rss_mib(server.pid)
         _served(stub, size)
+        # The bound docs/api.md states: about 4 copies of one page per admitted stream.
+        bound = settings.max_entry_streams_per_peer * 4 * settings.max_page_bytes / MIB + 64
+        assert peak - before < bound, (before, peak, bound)
         refused = [c for c in calls if c.done()]  # type: ignore[attr-defined]
         assert len(refused) == 40 - settings.max_entry_streams_per_peer
         for call in refused:
             assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
             assert "max_entry_streams_per_peer" in call.details()  # type: ignore[attr-defined]
             assert _retry_delay_s(call) > 0  # type: ignore[arg-type]
-        # The bound docs/api.md states: about 4 copies of one page per admitted stream.
-        bound = settings.max_entry_streams_per_peer * 4 * settings.max_page_bytes / MIB + 64
-        assert peak - before < bound, (before, peak, bound)
     finally:
         for call in calls:
             call.cancel()  # type: ignore[attr-defined]
@@ -288,19 +289,17 @@ def test_idle_connections_do_not_lock_out_new_clients_at_the_common_fd_limit(
     server.wait_ready()
     soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert soft_limit >= 1100 + FD_RESERVE  # this test process holds the other ends
-    channel = grpc.insecure_channel(server.target)
-    stub = log_pb2_grpc.LogServiceStub(channel)
-    _fill(stub, 10, 100)
+    with grpc.insecure_channel(server.target) as channel:
+        _fill(log_pb2_grpc.LogServiceStub(channel), 10, 100)
     idle = _raw_connections(server, 1100)
     try:
         time.sleep(0.5)
-        fresh = grpc.insecure_channel(server.target)
-        _served(log_pb2_grpc.LogServiceStub(fresh), 10)
-        fresh.close()
+        # A connection of its own (grpc would otherwise share an open one).
+        with grpc.insecure_channel(server.target, options=_NEW_CONNECTION) as fresh:
+            _served(log_pb2_grpc.LogServiceStub(fresh), 10)
     finally:
         for s in idle:
             s.close()
-        channel.close()
 
 
 def test_connections_are_capped_and_idle_ones_closed(serve: Serve, tmp_path: Path) -> None:
