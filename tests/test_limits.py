@@ -365,7 +365,7 @@ def test_cancelled_entry_streams_leave_no_traceback_in_the_server_log(
 ) -> None:
     """Clients that cancel a GetEntries stream before, during and after its first page, let
     a deadline expire, or vanish mid-stream: normal, so nothing above debug in the log."""
-    server = serve(tmp_path / "data", "--max-entry-streams-per-peer", "64")
+    server = serve(tmp_path / "data")
     channel = grpc.insecure_channel(server.target, options=_BIG)
     stub = log_pb2_grpc.LogServiceStub(channel)
     size = 2000
