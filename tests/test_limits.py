@@ -145,6 +145,8 @@ def test_entry_streams_over_the_global_cap_are_refused_until_one_ends(open_log: 
     size = 3000
     _fill(stub, size, 2000)
     channels, calls = _open_unread(log.target, 3, size)
+    for call in calls:
+        call.initial_metadata()  # type: ignore[attr-defined]  # sent with the first page: admitted
     extra_channel = grpc.insecure_channel(log.target, options=_UNREAD)
     try:
         extra = log_pb2_grpc.LogServiceStub(extra_channel)
