@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -41,8 +42,10 @@ __all__ = [
     "EventLoopThread",
     "LogServer",
     "TlsFiles",
+    "connection_limit",
     "load_or_create_signer",
     "new_grpc_server",
+    "raise_fd_limit",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,16 +124,66 @@ class EventLoopThread:
             self._thread.join()
 
 
-def new_grpc_server(settings: Settings) -> grpc.aio.Server:
-    """A gRPC asyncio server with the log's limits (call it on the loop that will run it)."""
+FD_RESERVE = 256
+"""File descriptors kept back from client connections: LMDB, the listening sockets, log
+files, witness pushes, grpc's own (its event engine holds a few)."""
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit, where allowed.
+
+    Returns the soft limit in force afterwards. Every TCP connection is a file
+    descriptor, taken before any authentication, so the common default of 1024
+    is what lets idle connections lock clients out (docs/operations.md).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:  # e.g. a platform cap below the hard limit
+            log.warning("cannot raise the open file limit from %d to %d: %s", soft, target, e)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def connection_limit(settings: Settings, fd_limit: int) -> int:
+    """``settings.max_connections``, lowered to leave :data:`FD_RESERVE` of ``fd_limit``."""
+    return max(1, min(settings.max_connections, fd_limit - FD_RESERVE))
+
+
+def new_grpc_server(settings: Settings, max_connections: int | None = None) -> grpc.aio.Server:
+    """A gRPC asyncio server with the log's limits (call it on the loop that will run it).
+
+    ``max_connections`` (default ``settings.max_connections``) caps the TCP
+    connections grpc keeps: one over it is closed as soon as it is accepted, so
+    idle connections cannot take every file descriptor. A connection still in
+    its handshake after ``handshake_timeout_s``, or with no call for
+    ``idle_connection_timeout_s``, is closed, and every connection after
+    ``max_connection_age_s`` plus its grace; keepalive pings find peers that
+    vanished while a call was open. The channel arguments are grpc core's
+    (include/grpc/impl/channel_arg_names.h).
+    """
+    connections = settings.max_connections if max_connections is None else max_connections
     return grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_allowed_incoming_connections", connections),
+            ("grpc.server_handshake_timeout_ms", _ms(settings.handshake_timeout_s)),
+            ("grpc.max_connection_idle_ms", _ms(settings.idle_connection_timeout_s)),
+            ("grpc.max_connection_age_ms", _ms(settings.max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", _ms(settings.max_connection_age_grace_s)),
+            ("grpc.keepalive_time_ms", _ms(settings.keepalive_time_s)),
+            ("grpc.keepalive_timeout_ms", _ms(settings.keepalive_timeout_s)),
         ],
     )
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _listen(server: grpc.aio.Server, address: str, tls: TlsFiles | None, *, mtls: bool) -> int:
@@ -270,6 +323,16 @@ class LogServer:
                 )
         if mtls_address is not None and (tls is None or tls.client_ca_file is None):
             raise ValueError("a mutual TLS port needs a TLS certificate, key and client CA")
+        fd_limit = raise_fd_limit()
+        connections = connection_limit(settings, fd_limit)
+        if connections < settings.max_connections:
+            log.warning(
+                "serving at most %d connections, not max_connections %d: the open file "
+                'limit is %d (raise it: docs/operations.md, "Limits")',
+                connections,
+                settings.max_connections,
+                fd_limit,
+            )
         executor = futures.ThreadPoolExecutor(
             max_workers=settings.max_workers, thread_name_prefix="sealog-rpc"
         )
@@ -277,7 +340,7 @@ class LogServer:
         loop = EventLoopThread("sealog-grpc")
 
         async def start() -> tuple[grpc.aio.Server, HealthServicer, int, int | None]:
-            server = new_grpc_server(settings)
+            server = new_grpc_server(settings, connections)
             health_servicer = HealthServicer()
             for service in ("", SERVICE_NAME):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)

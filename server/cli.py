@@ -233,6 +233,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="queued entries before RESOURCE_EXHAUSTED (default %(default)s)",
     )
     p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help="TCP connections kept open, before any authentication; more are closed at once. "
+        "Lowered to fit the open file limit, which serve raises to its hard limit "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--max-entry-streams",
+        type=int,
+        default=d.max_entry_streams,
+        help="GetEntries streams open at once, in all; each holds up to about "
+        "--max-page-bytes of memory (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-entry-streams-per-peer",
+        type=int,
+        default=d.max_entry_streams_per_peer,
+        help="GetEntries streams open at once from one client address (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-page-bytes",
+        type=int,
+        default=d.max_page_bytes,
+        help="a GetEntries page ends at the leaf that brings it to this many bytes "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--entry-stream-stall-s",
+        type=float,
+        default=d.entry_stream_stall_s,
+        help="end a GetEntries stream whose reader took no page for this long "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--handshake-timeout-s",
+        type=float,
+        default=d.handshake_timeout_s,
+        help="close a connection still in its TLS/HTTP/2 handshake after this long "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--idle-connection-timeout-s",
+        type=float,
+        default=d.idle_connection_timeout_s,
+        help="close a connection with no call open for this long (default %(default)s)",
+    )
+    p.add_argument(
         "--witness-vkey",
         action="append",
         metavar="VKEY",

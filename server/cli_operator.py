@@ -90,6 +90,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_max_wait_ms=args.batch_max_wait_ms,
         index_flush_entries=args.index_flush_entries,
         max_queued_entries=args.max_queued_entries,
+        max_connections=args.max_connections,
+        max_entry_streams=args.max_entry_streams,
+        max_entry_streams_per_peer=args.max_entry_streams_per_peer,
+        max_page_bytes=args.max_page_bytes,
+        entry_stream_stall_s=args.entry_stream_stall_s,
+        handshake_timeout_s=args.handshake_timeout_s,
+        idle_connection_timeout_s=args.idle_connection_timeout_s,
     )
     witnesses = witness_keys(args.witness_vkey)
     if args.push_witness and not witnesses:

@@ -58,6 +58,33 @@ class Settings:
     policy reloads); the others run on the gRPC server's event loop."""
     max_concurrent_streams: int = 256
     """Concurrent RPCs one client connection may have open."""
+    max_page_bytes: int = 1024 * 1024
+    """A GetEntries page ends at the leaf that brings its leaves to this many bytes (it
+    holds at least one leaf), so an unread stream holds at most about one page."""
+    max_entry_streams: int = 64
+    """GetEntries streams open at once, from all clients (RESOURCE_EXHAUSTED beyond,
+    with RetryInfo). With ``max_page_bytes`` this bounds the memory of entry streams."""
+    max_entry_streams_per_peer: int = 8
+    """GetEntries streams open at once from one client address."""
+    entry_stream_stall_s: float = 60.0
+    """A GetEntries stream whose reader takes no page for this long is ended
+    (DEADLINE_EXCEEDED if the client ever reads again) and its page freed."""
+    max_connections: int = 4096
+    """TCP connections the server keeps open, authenticated or not; more are closed at
+    once. Lowered at start to fit the process's file descriptor limit (docs/operations.md)."""
+    handshake_timeout_s: float = 10.0
+    """A connection that has not finished its TLS and HTTP/2 handshake by then is closed."""
+    idle_connection_timeout_s: float = 300.0
+    """A connection with no call open for this long is closed (clients reconnect)."""
+    max_connection_age_s: float = 3600.0
+    """A connection this old is asked to go away (clients reconnect)..."""
+    max_connection_age_grace_s: float = 300.0
+    """...and closed this long after, calls and all: what finally frees a stream whose
+    client keeps its connection alive but never reads."""
+    keepalive_time_s: float = 60.0
+    """The server pings a connection with calls open after this long without traffic..."""
+    keepalive_timeout_s: float = 20.0
+    """...and closes it if the ping is not answered in this long (a vanished peer)."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

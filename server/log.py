@@ -382,22 +382,33 @@ class Log:
             return snap.leaf(index), build_inclusion_proof(snap, index, tree_size)
 
     def entries(
-        self, start: int, end: int, tree_size: int, page_size: int
+        self, start: int, end: int, tree_size: int, page_size: int, page_bytes: int | None = None
     ) -> Iterator[EntriesPage]:
         """Leaves ``[start, end)`` in pages, each proven against the tree of ``tree_size``.
 
-        Each page is read in its own snapshot, so a long stream never pins
-        old pages in LMDB; the tree of ``tree_size`` never changes, so every
-        page proves against the same root.
+        A page holds at most ``page_size`` leaves and, with ``page_bytes``, ends
+        at the leaf that takes its leaves to ``page_bytes`` or more (so it holds
+        at least one leaf, and less than ``page_bytes`` plus one leaf). Each
+        page is read in its own snapshot, so a long stream never pins old pages
+        in LMDB; the tree of ``tree_size`` never changes, so every page proves
+        against the same root.
         """
         with self.storage.read() as snap:
             self._need_size(snap, "GetEntriesRequest.tree_size", tree_size)
-        for page_start in range(start, end, page_size):
-            page_end = min(end, page_start + page_size)
+        page_start = start
+        while page_start < end:
             with self.storage.read() as snap:
-                leaves = tuple(snap.leaves(page_start, page_end))
+                leaves: list[bytes] = []
+                size = 0
+                for leaf in snap.leaves(page_start, min(end, page_start + page_size)):
+                    leaves.append(leaf)
+                    size += len(leaf)
+                    if page_bytes is not None and size >= page_bytes:
+                        break
+                page_end = page_start + len(leaves)
                 frontier, consistency = build_range_proof(snap, page_start, page_end, tree_size)
-            yield EntriesPage(page_start, leaves, tuple(frontier), tuple(consistency))
+            yield EntriesPage(page_start, tuple(leaves), tuple(frontier), tuple(consistency))
+            page_start = page_end
 
     def find_by_identity(
         self,

@@ -19,8 +19,8 @@ import datetime
 import functools
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -31,6 +31,7 @@ from sealog.client.errors import InvalidProofError
 from sealog.server import validate
 from sealog.server.auth import Authenticator, Principal
 from sealog.server.config import Settings
+from sealog.server.entry_streams import EntryStreams, StalledStreamError, peer_address
 from sealog.server.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -65,6 +66,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (concurrent.futures.TimeoutError, grpc.StatusCode.UNAVAILABLE),
     (StorageCorruptError, grpc.StatusCode.DATA_LOSS),
+    (StalledStreamError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
 
@@ -127,6 +129,39 @@ def _rpc(
 
 
 SERVICE_NAME = "sealog.v1.LogService"
+
+_WRITE_FAILED: tuple[type[Exception], ...] = (grpc.aio.InternalError,)
+"""What a write raises once the call is gone (the client cancelled or disconnected): grpc's
+``ExecuteBatchError``, public as its base class."""
+
+
+async def _write_page(context: Context, message: log_pb2.EntriesPage, stall_s: float) -> None:
+    """Write ``message``; it returns once the transport took it (HTTP/2 flow control).
+
+    A reader that took nothing for ``stall_s`` gets no further page: once the
+    transport takes this one (the client reads again), the stream ends with
+    DEADLINE_EXCEEDED. The write is never cancelled: grpc cannot take a message
+    back, nor queue a status beside it.
+    """
+    write = asyncio.ensure_future(context.write(message))
+    write.add_done_callback(_retrieve)
+    try:
+        done, _ = await asyncio.wait({write}, timeout=stall_s)
+        if not done:
+            await write
+            raise StalledStreamError(
+                f"GetEntries: the client took no page for {stall_s:g} s "
+                "(entry_stream_stall_s); read the stream steadily, or ask for fewer leaves"
+            )
+        write.result()
+    finally:
+        write.cancel()  # when the call itself was cancelled meanwhile; else a no-op
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark a write's outcome seen: the caller reports it, or is gone and need not."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _time_out(waiter: asyncio.Future[AppendOutcome]) -> None:
@@ -193,6 +228,7 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         self._quota = quota if quota is not None else AppendQuota()
         self._executor = executor
         self._handoff: _Handoff | None = None
+        self._streams: EntryStreams | None = None
 
     def drain(self) -> None:
         """Answer every new call UNAVAILABLE (with RetryInfo): the server is stopping."""
@@ -331,16 +367,42 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             inclusion_proof=proof,
         )
 
+    def _entry_streams(self, settings: Settings) -> EntryStreams:
+        if self._streams is None:
+            self._streams = EntryStreams(
+                settings.max_entry_streams, settings.max_entry_streams_per_peer
+            )
+        return self._streams
+
     async def GetEntries(  # noqa: N802
         self, request: log_pb2.GetEntriesRequest, context: Context
-    ) -> AsyncIterator[log_pb2.EntriesPage]:
+    ) -> None:
+        """Pages of leaves, each written only once the transport took the one before.
+
+        So an unread stream holds one page (bounded by ``max_page_bytes``) and
+        no more; the number of open streams is capped by :class:`EntryStreams`.
+        A page nobody takes for ``entry_stream_stall_s`` ends the stream with
+        DEADLINE_EXCEEDED, queued behind it. A client that goes away ends it
+        too, which is normal: logged at debug.
+        """
         try:
             self._admit(context, "read", "GetEntries")
-            log = self._log
-            page_size = validate.check_entries_request(request, log.settings)
-            pages = log.entries(request.start, request.end, request.tree_size, page_size)
+            the_log = self._log
+            settings = the_log.settings
+            page_size = validate.check_entries_request(request, settings)
+            streams, peer = self._entry_streams(settings), peer_address(context.peer())
+            streams.enter(peer)
+            # The slot is given back when grpc is done with the call, not when this
+            # handler returns: a page the client never took stays queued in the
+            # transport (and counted) until the client reads, cancels or disconnects.
+            context.add_done_callback(
+                cast("grpc.aio.DoneCallback[Any, Any]", lambda _: streams.leave(peer))
+            )
+            pages = the_log.entries(
+                request.start, request.end, request.tree_size, page_size, settings.max_page_bytes
+            )
             while (page := await self._in_thread(lambda: next(pages, None))) is not None:
-                yield log_pb2.EntriesPage(
+                message = log_pb2.EntriesPage(
                     start=page.start,
                     leaves=page.leaves,
                     range_proof=log_pb2.RangeProof(
@@ -348,9 +410,17 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
                         consistency_proof=page.consistency_proof,
                     ),
                 )
+                del page  # the message holds the leaves now; keep one copy per stream
+                await _write_page(context, message, settings.entry_stream_stall_s)
+        except asyncio.CancelledError:
+            log.debug("GetEntries from %s cancelled", context.peer())
+            raise
         except Exception as e:
             if isinstance(e, grpc.aio.AbortError):
                 raise
+            if context.cancelled() or isinstance(e, _WRITE_FAILED):
+                log.debug("GetEntries to %s ended: the client went away", context.peer())
+                return
             await _abort(context, e)
 
     @_rpc("read")
