@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="GetEntries streams open at once from one client address (default %(default)s)",
     )
     p.add_argument(
+        "--clock-tolerance-ms",
+        type=float,
+        default=d.clock_tolerance_ms,
+        help="how far the wall clock may fall behind the last acceptance time before appends "
+        "are refused until it catches up (docs/operations.md, 'Clock'; default %(default)s)",
+    )
+    p.add_argument(
         "--max-page-bytes",
         type=int,
         default=d.max_page_bytes,

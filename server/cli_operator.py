@@ -97,6 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         entry_stream_stall_s=args.entry_stream_stall_s,
         handshake_timeout_s=args.handshake_timeout_s,
         idle_connection_timeout_s=args.idle_connection_timeout_s,
+        clock_tolerance_ms=args.clock_tolerance_ms,
     )
     witnesses = witness_keys(args.witness_vkey)
     if args.push_witness and not witnesses:

@@ -179,3 +179,21 @@ def test_health_says_not_serving_while_the_clock_is_behind(
     finally:
         channel.close()
         server.stop()
+
+
+def test_serve_takes_the_clock_tolerance_from_its_flag(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    serve = [sys.executable, "-m", "sealog.server.cli", "serve", "--data-dir", str(data)]
+    done = subprocess.run(
+        [*serve, "--listen", "127.0.0.1:0", "--clock-tolerance-ms", "-5"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "clock_tolerance_ms: -5.0, want > 0" in done.stderr
+    assert not data.exists()  # refused before anything was created
