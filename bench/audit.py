@@ -30,8 +30,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sealog.client.keyfile import write_private_key_file
 from sealog.client.monitor import LogConfig, LogMonitor
-from sealog.server.app import load_or_create_signer
+from sealog.client.note import Ed25519Signer
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.log import Log
 from sealog.server.sequencer import AppendItem
@@ -42,7 +43,10 @@ ORIGIN = "bench.localhost/audit"
 
 def fill(data_dir: Path, entries: int) -> None:
     """Append ``entries`` 100-byte events to a new log in ``data_dir``."""
-    signer = load_or_create_signer(data_dir, None, ORIGIN)
+    signer = Ed25519Signer.generate(ORIGIN)
+    data_dir.mkdir(mode=0o700)
+    write_private_key_file(data_dir / "log.key", signer.skey)
+    (data_dir / "log.vkey").write_text(signer.verifier().vkey + "\n")
     storage = LmdbStorage(data_dir / "db")
     log = Log(storage, signer, signer.verifier(), ORIGIN)
     try:

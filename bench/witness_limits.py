@@ -157,6 +157,7 @@ def pushes(appends: int, seconds: float, interval: float) -> None:
             Path(tmp) / "log",
             origin=origin,
             key_file=key_file,
+            new_log=True,
             witnesses=[cosigner.verifier()],
             push_witnesses=[server.url],
             push_witness_interval_s=interval,

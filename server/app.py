@@ -43,7 +43,6 @@ __all__ = [
     "LogServer",
     "TlsFiles",
     "connection_limit",
-    "load_or_create_signer",
     "new_grpc_server",
     "raise_fd_limit",
 ]
@@ -52,27 +51,6 @@ log = logging.getLogger(__name__)
 
 DRAIN_S = 0.3
 """How long a stopping server answers new calls UNAVAILABLE before it stops."""
-
-
-def load_or_create_signer(data_dir: Path, key_file: Path | None, origin: str) -> Ed25519Signer:
-    """The signing key of the log in ``data_dir``: ``key_file``, else ``data_dir/log.key``.
-
-    A key is generated (and written with ``log.vkey``) only in a folder that is
-    missing or empty (:mod:`sealog.server.data_folder`); an existing folder
-    without ``log.key`` is refused.
-    """
-    folder = DataFolder.lock(data_dir)
-    try:
-        folder.check_holds_a_log()
-        signer = folder.signer(key_file, origin)
-        if folder.new:
-            folder.begin_create(signer, key_file)
-            folder.end_create()  # the caller creates the storage
-        else:
-            folder.check_vkey(signer, key_file)
-        return signer
-    finally:
-        folder.release()
 
 
 @dataclass(frozen=True)
@@ -238,13 +216,17 @@ class LogServer:
         allow_insecure_remote: bool = False,
         mtls_address: str | None = None,
         extra_key_files: Sequence[str | Path] = (),
+        new_log: bool = False,
     ) -> LogServer:
         """Open the log in ``data_dir`` and serve it on ``address``.
 
         The folder is locked first (:class:`~sealog.server.data_folder.DataFolder`);
         a new log is created only in a folder that is missing or empty, and an
         existing folder must hold the log's storage and key, else
-        :class:`~sealog.server.data_folder.DataFolderError`.
+        :class:`~sealog.server.data_folder.DataFolderError`. A new log under a
+        ``key_file`` of its own needs ``new_log`` too (the key may already sign
+        a log whose folder is not mounted); ``new_log`` refuses a folder that
+        holds a log.
 
         ``witnesses`` are the witness keys whose cosignatures AddCosignature
         accepts; ``push_witnesses`` are C2SP tlog-witness add-checkpoint URLs
@@ -285,6 +267,7 @@ class LogServer:
                 tls=tls,
                 mtls_address=mtls_address,
                 extra_key_files=extra_key_files,
+                new_log=new_log,
             )
         except BaseException:
             folder.release()
@@ -306,11 +289,13 @@ class LogServer:
         tls: TlsFiles | None,
         mtls_address: str | None,
         extra_key_files: Sequence[str | Path],
+        new_log: bool,
     ) -> LogServer:
         auth = Authenticator(policy_file)
         # Everything the folder must hold is checked before anything is created
         # or the port is bound; a new log's files are written only after that.
         folder.check_holds_a_log()
+        folder.check_new_log(key_file, new_log=new_log)
         signer = folder.signer(key_file, origin)
         extra_signers = [
             Ed25519Signer.from_skey(read_key_file(path, private=True)) for path in extra_key_files
@@ -395,8 +380,6 @@ class LogServer:
             for service in ("", SERVICE_NAME):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
-        loop.run(serving())
-
         def on_clock(fault: str | None) -> None:
             # While the clock cannot be trusted appends are refused: the log
             # service says NOT_SERVING (reads still work; docs/operations.md, "Clock").
@@ -404,12 +387,25 @@ class LogServer:
             status = health.NOT_SERVING if fault is not None else health.SERVING
             loop.submit(health_servicer.set(SERVICE_NAME, status))
 
-        the_log.watch_clock(on_clock)
-        pusher = (
-            WitnessPusher(the_log, list(push_witnesses), interval_s=push_witness_interval_s).start()
-            if push_witnesses
-            else None
-        )
+        pusher: WitnessPusher | None = None
+        try:
+            loop.run(serving())
+            the_log.watch_clock(on_clock)
+            if push_witnesses:
+                pusher = WitnessPusher(
+                    the_log, list(push_witnesses), interval_s=push_witness_interval_s
+                ).start()
+        except BaseException:
+            # Nothing of a server that failed to start may outlive it: the folder's
+            # lock is released by the caller, so its writer must be gone first.
+            if pusher is not None:
+                pusher.stop()
+            loop.run(server.stop(None))
+            loop.close()
+            executor.shutdown()
+            the_log.close()
+            storage.close()
+            raise
         return cls(
             the_log,
             storage,

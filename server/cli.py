@@ -192,7 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the log's origin line, fixed at creation (default %(default)s)",
     )
     p.add_argument(
-        "--key-file", help="signing key file (default: DATA_DIR/log.key, created if missing)"
+        "--key-file",
+        help="signing key file (default: DATA_DIR/log.key, created with a new log); a new log "
+        "under a key file of its own also needs --new-log",
+    )
+    p.add_argument(
+        "--new-log",
+        action="store_true",
+        help="start a new log with --key-file in a missing or empty DATA_DIR (refused once the "
+        "folder holds a log): without it, an empty folder and a key of its own are refused, "
+        "since the key may already sign a log whose folder is not mounted",
     )
     p.add_argument(
         "--max-entry-bytes",

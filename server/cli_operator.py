@@ -122,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allow_insecure_remote=args.insecure_allow_remote,
         mtls_address=args.mtls_listen,
         extra_key_files=args.extra_key_file or (),
+        new_log=args.new_log,
     )
     host = args.listen.rsplit(":", 1)[0]
     if args.tls_cert:

@@ -224,6 +224,30 @@ class DataFolder:
                 f"start a new, empty log in it). {_RESTORE}"
             )
 
+    def check_new_log(self, key_file: Path | None, *, new_log: bool) -> None:
+        """A new log under a key of its own is made only when asked for; ``new_log`` only
+        for a new log.
+
+        A key kept outside the folder (``key_file``) may already sign a log whose
+        folder is simply not there: a volume that did not mount leaves an empty
+        mount point. Creating a log there would sign a second history under that
+        key, from index 0: a fork. Without ``key_file`` a new folder gets a new
+        key, so a new log there can fork nothing.
+        """
+        if new_log and not self.new:
+            raise DataFolderError(
+                f"--new-log: {self.path} already holds a log ({self._traces()}); serve it "
+                "without --new-log (which only starts a log in a missing or empty folder)"
+            )
+        if self.new and key_file is not None and not new_log:
+            raise DataFolderError(
+                f"{self.path} is empty, but --key-file {key_file} is a key of its own. If it "
+                "already signs a log (whose data folder is not mounted, or was lost), starting "
+                "would sign a second history under it, from index 0: a fork. Mount the log's "
+                f"folder, or restore it from a backup. To start a new log with this key, pass "
+                "--new-log once."
+            )
+
     def signer(self, key_file: Path | None, origin: str) -> Ed25519Signer:
         """The log's signing key: ``key_file``, else ``log.key`` in the folder.
 

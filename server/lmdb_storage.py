@@ -927,7 +927,7 @@ class LmdbStorage:
         except lmdb.Error as e:
             raise _open_fault(e, path) from e
         try:
-            self._open_tables(map_size, readonly)
+            self._open_tables(map_size, readonly, create)
         except lmdb.Error as e:
             self._env.close()
             raise _open_fault(e, path) from e
@@ -935,22 +935,38 @@ class LmdbStorage:
             self._env.close()
             raise
 
-    def _open_tables(self, map_size: int, readonly: bool) -> None:
+    def _open_tables(self, map_size: int, readonly: bool, create: bool) -> None:
         # Existing data files can be larger than the map size asked for.
         self._map_size = max(map_size, int(self._env.info()["map_size"]))
-        open_db = self._env.open_db
-        self._meta = open_db(b"meta", create=not readonly)
-        # Tables are created in a new log or one of this format only: a log of
-        # another format is left as it is, for the log to refuse by its format.
+        # Tables are created only for a new log: opening an existing one writes
+        # nothing, so a folder refused at start-up is left exactly as it was.
+        create = create and not readonly
+        try:
+            self._meta = self._env.open_db(b"meta", create=create)
+        except lmdb.NotFoundError:
+            raise StorageCorruptError(
+                f"{self.path / 'data.mdb'}: no table meta: not a sealog log, or damaged"
+            ) from None
+        # A new log's tables are created in a new log or one of this format only: a
+        # log of another format is left as it is, for the log to refuse by its format.
         with self._env.begin() as txn:
             fmt = txn.get(META_FORMAT, db=self._meta)
-        create = not readonly and (fmt is None or bytes(fmt) == FORMAT_VERSION)
-        self._entries = open_db(b"entries", create=create)
-        self._hashes = open_db(b"hashes", dupsort=True, dupfixed=True, create=create)
-        self._leaf_index = open_db(b"leaf_index", dupsort=True, dupfixed=True, create=create)
-        self._idempotency = open_db(b"idempotency", dupsort=True, dupfixed=True, create=create)
+        create = create and (fmt is None or bytes(fmt) == FORMAT_VERSION)
+        self._entries = self._open_table(b"entries", create, dupsort=False)
+        self._hashes = self._open_table(b"hashes", create, dupsort=True)
+        self._leaf_index = self._open_table(b"leaf_index", create, dupsort=True)
+        self._idempotency = self._open_table(b"idempotency", create, dupsort=True)
         self._by_identity = _open_optional(self._env, b"by_identity", create, dupsort=True)
         self._pending = _open_optional(self._env, b"pending_digests", create, dupsort=False)
+
+    def _open_table(self, name: bytes, create: bool, *, dupsort: bool) -> Any:
+        """A table every log of a known format has; missing, it is damage (or not a log)."""
+        try:
+            return self._env.open_db(name, dupsort=dupsort, dupfixed=dupsort, create=create)
+        except lmdb.NotFoundError:
+            raise StorageCorruptError(
+                f"{self.path / 'data.mdb'}: no table {name.decode()}: damaged, or not a sealog log"
+            ) from None
 
     def _cache_from_level(self, size: int) -> int:
         """The lowest level whose nodes are cached: about 2^16 nodes at most for ``size``."""

@@ -134,7 +134,9 @@ def test_keygen_makes_a_private_key_the_log_and_client_can_use(
     signer = Ed25519Signer.from_skey(key.read_text().strip())
     assert signer.verifier().vkey == vkey
 
-    proc = serve(tmp_path / "data", "--key-file", str(key), "--origin", "example.com/log")
+    proc = serve(
+        tmp_path / "data", "--key-file", str(key), "--new-log", "--origin", "example.com/log"
+    )
     assert proc.vkey == vkey
     with LogClient(proc.target, vkey) as client:
         assert client.append(b"signed by my key").index == 0
@@ -239,6 +241,7 @@ def test_serve_refuses_a_key_file_others_can_read(tmp_path: Path) -> None:
         "127.0.0.1:0",
         "--key-file",
         str(key),
+        "--new-log",
         cwd=tmp_path,
         timeout=30,
     )

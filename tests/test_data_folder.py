@@ -108,6 +108,25 @@ def test_serve_refuses_a_db_without_a_checkpoint(tmp_path: Path) -> None:
     assert _snapshot(data_dir) == before
 
 
+def test_a_refused_start_writes_no_table_into_a_foreign_environment(tmp_path: Path) -> None:
+    import lmdb
+
+    data_dir = tmp_path / "data"
+    RunningLog(data_dir).stop()
+    shutil.rmtree(data_dir / "db")
+    env = lmdb.open(str(data_dir / "db"), max_dbs=2)  # an LMDB environment of something else
+    with env.begin(write=True, db=env.open_db(b"other")) as txn:
+        txn.put(b"key", b"value")
+    env.close()
+    before = (data_dir / "db" / "data.mdb").read_bytes()
+
+    with pytest.raises(StartupCheckError, match="no table meta: not a sealog log"):
+        LogServer.open(data_dir)
+
+    # (lock.mdb is LMDB's table of readers, written by every open, read-only ones too.)
+    assert (data_dir / "db" / "data.mdb").read_bytes() == before, "it created the log's tables"
+
+
 def test_serve_refuses_a_folder_of_other_files(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -151,6 +170,31 @@ def test_a_new_log_is_created_in_a_missing_or_empty_folder(tmp_path: Path, how: 
 
 
 # --- item 2: start-up never generates a key for, or rewrites, an existing log -------------
+def test_an_empty_folder_with_a_key_of_its_own_is_refused_without_new_log(
+    serve: Serve, served: tuple[Path, str], tmp_path: Path
+) -> None:
+    # The log's key lives outside its data folder, and the folder's volume did not
+    # mount: an empty mount point. Starting there would fork the log.
+    data_dir, vkey = served
+    key_file = tmp_path / "secrets" / "log.key"
+    key_file.parent.mkdir()
+    shutil.copy2(data_dir / "log.key", key_file)
+    mount_point = tmp_path / "unmounted"
+    mount_point.mkdir()
+
+    stderr = _refused(serve, mount_point, "--key-file", str(key_file))
+    assert "a fork" in stderr and "--new-log" in stderr
+    assert sorted(p.name for p in mount_point.iterdir()) == [LOCK_FILE]
+
+    # Asked for explicitly, a new log is made there; asked again, it is refused.
+    proc = serve(mount_point, "--key-file", str(key_file), "--new-log")
+    assert proc.vkey == vkey
+    assert proc.terminate() == 0
+    assert "already holds a log" in _refused(
+        serve, mount_point, "--key-file", str(key_file), "--new-log"
+    )
+
+
 def test_serve_refuses_a_restored_backup_without_log_key(
     serve: Serve, served: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -219,6 +263,28 @@ def test_a_refused_start_releases_the_lock(tmp_path: Path) -> None:
     with pytest.raises(StartupCheckError):
         LogServer.open(data_dir, origin="other.example/log")
     RunningLog(data_dir).stop()
+
+
+def test_a_start_that_fails_late_leaves_no_writer_behind_its_released_lock(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    from sealog.client.cosignature import Cosigner
+
+    data_dir = tmp_path / "data"
+    witness = Cosigner.generate("witness.example/w1").verifier()
+    with pytest.raises(ValueError, match="interval_s"):  # the pusher starts last, and refuses
+        LogServer.open(
+            data_dir,
+            witnesses=[witness],
+            push_witnesses=["http://127.0.0.1:9/add-checkpoint"],
+            push_witness_interval_s=0,
+        )
+
+    alive = {t.name for t in threading.enumerate()}
+    assert not alive & {"sealog-sequencer", "sealog-grpc"}, alive
+    RunningLog(data_dir).stop()  # the folder is free, and its storage closed
 
 
 # --- item 17: the folder is its owner's -------------------------------------------------

@@ -290,7 +290,7 @@ def test_a_forked_log_is_caught_with_evidence(open_log: OpenLog) -> None:
     honest = open_log()
     honest.client().append_batch([f"real {i}".encode() for i in range(5)])
     kept = honest.client().checkpoint()
-    fork = open_log(key_file=honest.data_dir / "log.key")
+    fork = open_log(key_file=honest.data_dir / "log.key", new_log=True)  # the operator insists
     fork_client = fork.client(verifier=honest.verifier)
     fork_client.append_batch([f"fake {i}".encode() for i in range(3)])
 

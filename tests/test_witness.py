@@ -287,6 +287,7 @@ def test_log_pushes_to_tlog_witnesses(open_log: OpenLog, tmp_path: Path) -> None
     try:
         log = open_log(
             key_file=key_file,
+            new_log=True,
             witnesses=[W1.verifier(), W2.verifier()],
             push_witnesses=[s.url for s in servers],
             push_witness_interval_s=0.05,
@@ -541,6 +542,7 @@ def test_push_witness_sends_a_bounded_number_of_requests_for_300_appends(
         started = time.monotonic()
         log = open_log(
             key_file=key_file,
+            new_log=True,
             witnesses=[W1.verifier(), W2.verifier()],
             push_witnesses=[s.url for s in servers],
             push_witness_interval_s=interval,
