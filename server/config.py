@@ -76,9 +76,9 @@ class Settings:
     """A connection that has not finished its TLS and HTTP/2 handshake by then is closed."""
     idle_connection_timeout_s: float = 300.0
     """A connection with no call open for this long is closed (clients reconnect)."""
-    max_connection_age_s: float = 3600.0
+    max_connection_age_s: float = 900.0
     """A connection this old is asked to go away (clients reconnect)..."""
-    max_connection_age_grace_s: float = 300.0
+    max_connection_age_grace_s: float = 60.0
     """...and closed this long after, calls and all: what finally frees a stream whose
     client keeps its connection alive but never reads."""
     keepalive_time_s: float = 60.0

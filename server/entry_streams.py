@@ -9,7 +9,9 @@ delay, before it reads anything.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
+from urllib.parse import unquote
 
 from sealog.server.errors import LogError, ResourceExhaustedError
 
@@ -24,15 +26,28 @@ class StalledStreamError(LogError):
 
 
 def peer_address(peer: str) -> str:
-    """The client address of a gRPC peer string, without its port.
+    """The client address a gRPC peer string counts under, without its port.
 
-    ``ipv4:192.0.2.1:5000`` -> ``ipv4:192.0.2.1``, ``ipv6:[::1]:5000`` ->
-    ``ipv6:[::1]``; anything else (``unix:...``) is kept whole.
+    ``ipv4:192.0.2.1:5000`` -> ``ipv4:192.0.2.1``. An IPv6 peer counts under
+    its /64, the block one host or site is usually given, so that one client
+    cannot take a fresh address per stream: ``ipv6:[2001:db8::1]:5000`` ->
+    ``ipv6:2001:db8::/64`` (an IPv4-mapped address counts as its IPv4 one).
+    Anything else (``unix:...``) is kept whole.
     """
     kind, _, rest = peer.partition(":")
-    if kind in ("ipv4", "ipv6") and ":" in rest:
-        return f"{kind}:{rest.rpartition(':')[0]}"
-    return peer
+    if kind not in ("ipv4", "ipv6") or ":" not in rest:
+        return peer
+    host = rest.rpartition(":")[0]
+    if kind == "ipv4":
+        return f"ipv4:{host}"
+    host = unquote(host).strip("[]").partition("%")[0]  # brackets, maybe escaped; no zone
+    try:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:
+        return f"ipv6:{host}"
+    if address.ipv4_mapped is not None:
+        return f"ipv4:{address.ipv4_mapped}"
+    return f"ipv6:{ipaddress.IPv6Network((address, 64), strict=False)}"
 
 
 class EntryStreams:

@@ -233,7 +233,16 @@ def test_entry_streams_count_per_client_address() -> None:
     streams = EntryStreams(total=3, per_peer=2)
     a, b = peer_address("ipv4:192.0.2.1:5000"), peer_address("ipv4:192.0.2.1:5001")
     assert a == b == "ipv4:192.0.2.1"
-    assert peer_address("ipv6:[::1]:443") == "ipv6:[::1]"
+    assert peer_address("ipv6:[::1]:443") == "ipv6:::/64"
+    # One IPv6 client cannot take a new address per stream: its /64 counts.
+    assert (
+        peer_address("ipv6:[2001:db8:0:1::5]:443")
+        == peer_address("ipv6:%5B2001:db8:0:1:ffff::9%5D:80")
+        == "ipv6:2001:db8:0:1::/64"
+    )
+    assert peer_address("ipv6:[2001:db8:0:2::5]:443") == "ipv6:2001:db8:0:2::/64"
+    assert peer_address("ipv6:[::ffff:192.0.2.1]:443") == "ipv4:192.0.2.1"
+    assert peer_address("unix:/run/sealog.sock") == "unix:/run/sealog.sock"
     streams.enter(a)
     streams.enter(b)
     with pytest.raises(ResourceExhaustedError, match="per client address") as per_peer:
