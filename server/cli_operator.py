@@ -102,6 +102,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     witnesses = witness_keys(args.witness_vkey)
     if args.push_witness and not witnesses:
         raise SealogError("--push-witness needs --witness-vkey: the witnesses' keys to accept")
+    # Before the log opens: a SIGTERM from the moment the process exists is a clean
+    # shutdown (once the log is open), never the default death mid-start.
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():
+            os._exit(1)  # a second signal forces
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     server = LogServer.open(
         args.data_dir,
         address=args.listen,
@@ -158,12 +169,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         + "Stop with Ctrl-C (queued appends are committed first).",
         flush=True,
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        if stop.is_set():
-            os._exit(1)  # a second signal forces
-        stop.set()
 
     def on_hangup(signum: int, frame: object) -> None:
         try:
@@ -176,8 +181,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     f"sealog: policy reloaded ({len(reloaded.identities)} identities)", flush=True
                 )
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
     stop.wait()
     print("sealog: shutting down", flush=True)
