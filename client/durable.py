@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["write_durably"]
+__all__ = ["fsync_path", "write_durably"]
 
 
 def write_durably(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -29,8 +29,13 @@ def write_durably(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_path(path.parent)
+
+
+def fsync_path(path: str | Path) -> None:
+    """Make a file's bytes, or a folder's entries (creations, renames), durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)

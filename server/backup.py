@@ -41,6 +41,7 @@ from typing import Any
 import lmdb
 
 from sealog.client.checkpoint import open_checkpoint
+from sealog.client.durable import fsync_path
 from sealog.client.errors import SealogError
 from sealog.client.keyfile import read_key_file
 from sealog.client.note import Ed25519Verifier, NoteVerifier
@@ -116,7 +117,7 @@ def backup(
                 os.rename(work, dest)
             except OSError as e:
                 raise BackupError(f"cannot move the verified copy {work} to {dest}: {e}") from e
-            _fsync(dest.parent)
+            fsync_path(dest.parent)
     except OSError as e:
         raise BackupError(f"backup to {dest} failed: {e}") from e
     return replace(result, path=dest)
@@ -175,8 +176,8 @@ def _copy_and_check(
 ) -> BackupResult:
     (work / _DB).mkdir(mode=0o700)
     _copy_tables(source, work / _DB)
-    _fsync(work / _DB / "data.mdb")
-    _fsync(work / _DB)
+    fsync_path(work / _DB / "data.mdb")
+    fsync_path(work / _DB)
     if vkey_file.exists():
         shutil.copy2(vkey_file, work / _VKEY_FILE)
     storage = LmdbStorage(work / _DB, readonly=True)
@@ -191,8 +192,8 @@ def _copy_and_check(
         shown = "; ".join(report.problems[:5]) or "no checkpoint"
         raise BackupError(f"the copy of {source} does not verify: {shown}")
     (work / CHECKPOINT_FILE).write_bytes(note)
-    _fsync(work / CHECKPOINT_FILE)
-    _fsync(work)
+    fsync_path(work / CHECKPOINT_FILE)
+    fsync_path(work)
     signed = open_checkpoint(note, verifier)
     return BackupResult(
         work,
@@ -286,12 +287,3 @@ def _write(out: Any, table: Any, batch: list[tuple[bytes, bytes]], dup: bool, sh
     if added != len(batch):
         raise BackupError(f"table {shown}: wrote {added} of {len(batch)} records (out of order?)")
     return int(added)
-
-
-def _fsync(path: Path) -> None:
-    """Make a file (or a folder's entries) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

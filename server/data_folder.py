@@ -30,6 +30,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sealog.client.durable import fsync_path
 from sealog.client.errors import SealogError
 from sealog.client.keyfile import read_key_file, write_private_key_file
 from sealog.client.note import Ed25519Signer
@@ -78,14 +79,6 @@ def _create_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     try:
         os.fchmod(fd, mode)  # whatever the umask
         os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -301,10 +294,10 @@ class DataFolder:
             write_private_key_file(self.path / KEY_FILE, signer.skey)
         _create_file(self.path / VKEY_FILE, signer.verifier().vkey.encode("ascii") + b"\n")
         make_private_dir(self.db)
-        _fsync_dir(self.path)
+        fsync_path(self.path)
 
     def end_create(self) -> None:
         """The new log's first checkpoint is committed: it is a log like any other now."""
         (self.path / CREATING_FILE).unlink()
-        _fsync_dir(self.path)
+        fsync_path(self.path)
         log.info("created a new log in %s", self.path)

@@ -89,14 +89,14 @@ def recompute_root(entries: Iterable[Entry]) -> tuple[int, bytes]:
 
 
 # --- client interceptors ---------------------------------------------------------------
-class DroppedResponseError(grpc.RpcError, grpc.Call):
-    """What the client sees when a response was lost: DEADLINE_EXCEEDED."""
+class FinishedCall(grpc.RpcError, grpc.Call):
+    """An RPC error for a call that is over: a test's stand-in for what grpc raises."""
 
     def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
+        raise NotImplementedError
 
     def details(self) -> str:
-        return "response dropped by the test"
+        raise NotImplementedError
 
     def initial_metadata(self) -> Any:
         return ()
@@ -115,6 +115,16 @@ class DroppedResponseError(grpc.RpcError, grpc.Call):
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         return False
+
+
+class DroppedResponseError(FinishedCall):
+    """What the client sees when a response was lost: DEADLINE_EXCEEDED."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "response dropped by the test"
 
 
 class _Outcome:

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from dishonest_log import FakeLog, FakeLogServer, make_leaves
-from e2e_support import OpenLog, RunningLog, run_sealog
+from e2e_support import FinishedCall, OpenLog, RunningLog, run_sealog
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -30,7 +30,7 @@ from sealog.v1 import log_pb2
 
 
 # --- errors as a log sends them --------------------------------------------------------
-class StatusError(grpc.RpcError, grpc.Call):
+class StatusError(FinishedCall):
     """An RPC error with a status code and, optionally, a RetryInfo in its details."""
 
     def __init__(self, code: grpc.StatusCode, retry_after_s: float | None = None) -> None:
@@ -51,23 +51,8 @@ class StatusError(grpc.RpcError, grpc.Call):
     def details(self) -> str:
         return self._details
 
-    def initial_metadata(self) -> Any:
-        return ()
-
     def trailing_metadata(self) -> Any:
         return self._trailers
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float:
-        return 0.0
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return False
 
 
 def test_retry_delay_reads_the_retry_info_a_log_sends() -> None:
