@@ -65,6 +65,7 @@ from sealog.server.storage import (
     DIGEST_BYTES,
     RetryBatchError,
     Storage,
+    StorageCorruptError,
     StorageUnavailableError,
     WriteBatch,
     identity_prefix,
@@ -699,21 +700,15 @@ class Sequencer:
             if existing is None:
                 plan.append((digest, _NEW, b""))
                 continue
-            leaf = w.leaf(existing)  # this identity's leaf: its header is as long as ours
-            if not _holds_payload(leaf, len(head), payload):
+            leaf = w.leaf(existing)
+            try:
+                stored_payload = Leaf.parse(leaf).payload
+            except LeafFormatError as e:
+                raise StorageCorruptError(f"entries[{existing}]: {e}") from e
+            if stored_payload != payload:
                 raise _key_conflict(i, item.idempotency_key, f"at index {existing}")
             plan.append((digest, existing, leaf))
         return head, plan
-
-
-def _holds_payload(leaf: bytes, head_size: int, payload: bytes) -> bool:
-    """Whether a stored leaf whose header (version, time, identity) is ``head_size``
-    bytes holds exactly ``payload``: its payload length and bytes, and nothing more."""
-    return (
-        len(leaf) == head_size + _PAYLOAD_LENGTH.size + len(payload)
-        and leaf[head_size : head_size + _PAYLOAD_LENGTH.size] == _PAYLOAD_LENGTH.pack(len(payload))
-        and leaf[head_size + _PAYLOAD_LENGTH.size :] == payload
-    )
 
 
 def _key_conflict(i: int, key: str, where: str) -> AlreadyExistsError:
