@@ -168,7 +168,7 @@ def _raise_own_fd_limit(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
+def closed_by_peer(sock: socket.socket) -> bool:
     """Whether the server closed ``sock`` (after what it sent: its HTTP/2 SETTINGS)."""
     sock.setblocking(False)
     try:
@@ -200,7 +200,7 @@ def _connections_phase(data: Path, connections: int, handshake_s: float) -> bool
         normal = _normal_client(log_pb2_grpc.LogServiceStub(fresh), 10)
         fresh.close()
         time.sleep(max(0.0, started + handshake_s + 2.0 - time.monotonic()))
-        closed = sum(_closed_by_peer(s) for s in opened)
+        closed = sum(closed_by_peer(s) for s in opened)
         for s in opened:
             s.close()
         after_fds = _fds(serve.pid)

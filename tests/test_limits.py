@@ -24,6 +24,7 @@ from e2e_support import OpenLog, Serve, ServeProcess
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from bench.resources import closed_by_peer
 from bench.serve_process import rss_kib
 from sealog.server.app import FD_RESERVE, connection_limit, raise_fd_limit
 from sealog.server.config import Settings
@@ -274,18 +275,6 @@ def _raw_connections(server: ServeProcess, count: int) -> list[socket.socket]:
     return [socket.create_connection((server.host, server.port), timeout=10) for _ in range(count)]
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    sock.setblocking(False)
-    try:
-        while sock.recv(65536):  # what the server sent first: its HTTP/2 SETTINGS
-            pass
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def test_idle_connections_do_not_lock_out_new_clients_at_the_common_fd_limit(
     serve: Serve, tmp_path: Path
 ) -> None:
@@ -331,7 +320,7 @@ def test_connections_are_capped_and_idle_ones_closed(serve: Serve, tmp_path: Pat
     try:
         time.sleep(0.3)
         assert _fds(server.pid) <= base + 100
-        assert _eventually(lambda: all(_closed_by_peer(s) for s in idle))
+        assert _eventually(lambda: all(closed_by_peer(s) for s in idle))
         assert _eventually(lambda: _fds(server.pid) <= base)
     finally:
         for s in idle:
