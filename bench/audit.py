@@ -8,7 +8,7 @@ Run from the repository root::
 It fills a log in a temporary folder (in this process, through the
 sequencer, 10,000 entries per durable commit, 100-byte payloads), starts
 ``sealog serve`` on it in its own process, then runs a
-:class:`~sealog.client.monitor.LogMonitor` with ``full_audit = true`` and no
+:class:`~sealog.client.monitor.follow.LogMonitor` with ``full_audit = true`` and no
 saved state: it trusts the checkpoint, downloads every entry with
 GetEntries (pages of 1,000), re-parses and re-hashes each leaf onto its own
 compact range, checks every page against the signed root, and saves its
@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sealog.client.keyfile import write_private_key_file
-from sealog.client.monitor import LogConfig, LogMonitor
+from sealog.client.monitor.config import LogConfig
+from sealog.client.monitor.follow import LogMonitor
 from sealog.client.note import Ed25519Signer
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.log import Log

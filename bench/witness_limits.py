@@ -35,13 +35,13 @@ from pathlib import Path
 from bench.serve_process import child_env, sealog_command
 from sealog.client.checkpoint import Checkpoint, sign_checkpoint
 from sealog.client.cosignature import Cosigner
+from sealog.client.http_serve import HttpLimits
 from sealog.client.keyfile import write_private_key_file
 from sealog.client.log_client import LogClient
 from sealog.client.note import Ed25519Signer
-from sealog.client.witness import AddCheckpointRequest, Witness, add_checkpoint
+from sealog.client.witness.endpoint import WitnessHTTPServer
+from sealog.client.witness.protocol import AddCheckpointRequest, Witness, add_checkpoint
 from sealog.server.app import LogServer
-from sealog.server.http_serve import HttpLimits
-from sealog.server.witness_http import WitnessHTTPServer
 from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S
 
 

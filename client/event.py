@@ -26,7 +26,7 @@ from typing import Any
 
 from sealog.client.errors import FormatError
 
-__all__ = ["EVENT_PREFIX", "OUTCOMES", "AuditEvent", "EventFormatError"]
+__all__ = ["EVENT_PREFIX", "OUTCOMES", "AuditEvent", "EventFormatError", "event_text"]
 
 EVENT_PREFIX = b"sealog-event/v1\n"
 OUTCOMES = ("success", "failure", "denied", "error", "unknown")
@@ -168,3 +168,25 @@ class AuditEvent:
         if event.to_payload() != payload:
             raise EventFormatError("event: not in canonical form (key order, spacing or escapes)")
         return event
+
+
+def event_text(value: object) -> str:
+    """``value`` as an event field: control characters escaped, at most MAX_FIELD_CHARS.
+
+    Escapes ``\\n``, ``\\r``, ``\\t`` and other characters below U+0020 (which
+    the event encoding forbids) as ``\\n``/``\\r``/``\\t``/``\\xNN``; a longer
+    text is cut and ends with ``…``.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if any(ord(c) < 0x20 for c in text):
+        text = text.translate(_ESCAPES)
+    if len(text) > MAX_FIELD_CHARS:
+        text = text[: MAX_FIELD_CHARS - 1] + "…"
+    return text
+
+
+_ESCAPES = {i: f"\\x{i:02x}" for i in range(0x20)} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}

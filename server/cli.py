@@ -19,6 +19,7 @@ import grpc
 from sealog.client import display
 from sealog.client.errors import SealogError
 from sealog.client.event import OUTCOMES
+from sealog.client.http_serve import HttpLimits
 from sealog.server.cli_audit import cmd_audit, cmd_check_evidence, cmd_monitor, cmd_verify
 from sealog.server.cli_client import (
     DEFAULT_DATA_DIR,
@@ -42,7 +43,6 @@ from sealog.server.cli_operator import (
     cmd_witness_serve,
 )
 from sealog.server.config import Settings
-from sealog.server.http_serve import HttpLimits
 from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S
 
 __all__ = ["main"]

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from sealog.client import display
-from sealog.client.audit import SoughtEvent, audit_events, events_from_jsonl
-from sealog.client.bundle import ProofBundle
 from sealog.client.checkpoint import open_checkpoint
 from sealog.client.errors import SealogError
-from sealog.client.evidence import check_evidence, read_evidence
 from sealog.client.leaf import Leaf
-from sealog.client.monitor import Monitor, MonitorConfig
+from sealog.client.monitor.audit import SoughtEvent, audit_events, events_from_jsonl
+from sealog.client.monitor.bundle import ProofBundle
+from sealog.client.monitor.config import MonitorConfig
+from sealog.client.monitor.evidence import check_evidence, read_evidence
+from sealog.client.monitor.follow import Monitor
 from sealog.server.cli_client import (
     b64,
     checkpoint_json,

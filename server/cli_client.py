@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from sealog.client import display
-from sealog.client.bundle import ProofBundle
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
 from sealog.client.cosignature import CosignatureVerifier
 from sealog.client.durable import write_durably
@@ -29,6 +28,7 @@ from sealog.client.event import AuditEvent
 from sealog.client.keyfile import read_key_file
 from sealog.client.leaf import Leaf
 from sealog.client.log_client import Entry, InclusionProof, LogClient, Receipt
+from sealog.client.monitor.bundle import ProofBundle
 from sealog.client.note import Ed25519Verifier
 from sealog.client.tls import channel_credentials
 from sealog.client.witness_policy import WitnessPolicy

@@ -17,6 +17,7 @@ from pathlib import Path
 from sealog.client.checkpoint import open_checkpoint
 from sealog.client.cosignature import Cosigner
 from sealog.client.errors import SealogError
+from sealog.client.http_serve import HttpLimits
 from sealog.client.keyfile import (
     read_key_file,
     vkey_path_for,
@@ -24,16 +25,15 @@ from sealog.client.keyfile import (
     write_public_key_file,
 )
 from sealog.client.note import Ed25519Signer, Ed25519Verifier
-from sealog.client.witness import Witness
+from sealog.client.witness.endpoint import WitnessHTTPServer
+from sealog.client.witness.protocol import Witness
 from sealog.server.app import LogServer, TlsFiles
 from sealog.server.backup import backup
 from sealog.server.cli_client import b64, client_from_args, emit, verifier_from_args, witness_keys
 from sealog.server.config import Settings
 from sealog.server.fsck_process import fsck_storage
-from sealog.server.http_serve import HttpLimits
 from sealog.server.policy import Policy, hash_api_key, new_api_key
 from sealog.server.tls import is_loopback
-from sealog.server.witness_http import WitnessHTTPServer
 
 __all__ = [
     "cmd_apikey",

@@ -30,8 +30,8 @@ from sealog.client.errors import SealogError
 from sealog.client.hashing import leaf_hash
 from sealog.client.leaf import Leaf
 from sealog.client.note import NoteVerifier
+from sealog.client.progress import Progress
 from sealog.client.proof import NodeID
-from sealog.server.progress import Progress
 from sealog.server.storage import (
     FORMAT_VERSION,
     GROUP_NODES,

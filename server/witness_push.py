@@ -24,7 +24,7 @@ failed (unreachable, refused, a timeout) joins a round again after
 
 Every request has a total deadline (``timeout_s``: connecting, sending,
 waiting, reading), and answers above
-:data:`~sealog.client.witness.MAX_REQUEST_BYTES` are refused. The witnesses of
+:data:`~sealog.client.witness.protocol.MAX_REQUEST_BYTES` are refused. The witnesses of
 a round are asked concurrently, on the pusher's own event loop, so a slow one
 delays the others' next round by at most ``timeout_s``; the log's reads and
 its cosignature write run on worker threads (they touch LMDB).
@@ -43,7 +43,7 @@ import aiohttp
 from sealog.client.checkpoint import Checkpoint
 from sealog.client.errors import SealogError
 from sealog.client.note import parse_note
-from sealog.client.witness import (
+from sealog.client.witness.protocol import (
     MAX_REQUEST_BYTES,
     SIZE_CONTENT_TYPE,
     AddCheckpointRequest,

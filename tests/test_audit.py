@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from e2e_support import RunningLog, TamperInterceptor, run_sealog
 
-from sealog.client.audit import SoughtEvent, audit_events, events_from_jsonl
+from sealog.client.monitor.audit import SoughtEvent, audit_events, events_from_jsonl
 
 
 def test_audit_events_of_every_kind(log: RunningLog) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from e2e_support import RunningLog, ServeProcess, flip, run_sealog
 
-from sealog.client.bundle import ProofBundle
 from sealog.client.cosignature import Cosigner, cosign_checkpoint
 from sealog.client.errors import (
     BundleFormatError,
@@ -16,6 +15,7 @@ from sealog.client.errors import (
     WitnessPolicyError,
 )
 from sealog.client.hashing import leaf_hash
+from sealog.client.monitor.bundle import ProofBundle
 from sealog.client.note import Ed25519Signer
 from sealog.client.witness_policy import WitnessPolicy
 

@@ -25,11 +25,12 @@ import pytest
 from e2e_support import OpenLog, TamperInterceptor, flip
 from pki import TestCA
 
-from sealog.client.capture import AuditServerInterceptor, SealogHandler
+from sealog.client.capture.handler import SealogHandler
+from sealog.client.capture.interceptor import AuditServerInterceptor
+from sealog.client.capture.shipper import EventShipper, FailedEvent, SpoolError
 from sealog.client.event import MAX_FIELD_CHARS, AuditEvent
 from sealog.client.log_client import LogClient
 from sealog.client.note import Ed25519Signer, Ed25519Verifier
-from sealog.client.shipper import EventShipper, FailedEvent, SpoolError
 from sealog.server.app import LogServer
 from sealog.server.config import Settings
 
@@ -212,7 +213,7 @@ def test_handler_never_raises_and_skips_the_shippers_own_records(
     handled: list[logging.LogRecord] = []
     monkeypatch.setattr(handler, "handleError", handled.append)
     audit_logger.addHandler(handler)
-    own = logging.getLogger("sealog.client.shipper")
+    own = logging.getLogger("sealog.client.capture.shipper")
     own.addHandler(handler)
     try:
         audit_logger.info("bad outcome", extra={"outcome": "maybe"})  # not an event outcome
@@ -427,7 +428,7 @@ def test_drop_policy_counts_drops_while_the_log_is_down_and_never_blocks(
     assert shipper.flush(WAIT_S)
 
     pinned_log.stop()
-    caplog.set_level(logging.WARNING, logger="sealog.client.shipper")
+    caplog.set_level(logging.WARNING, logger="sealog.client.capture.shipper")
     slowest = 0.0
     accepted = []
     for i in range(3, 33):
@@ -559,7 +560,7 @@ CRASHING_SHIPPER = textwrap.dedent(
     """
     import sys, time
     from sealog.client.log_client import LogClient
-    from sealog.client.shipper import EventShipper
+    from sealog.client.capture.shipper import EventShipper
 
     target, vkey, spool = sys.argv[1:4]
 
@@ -650,7 +651,7 @@ def test_spool_cuts_a_torn_tail_and_refuses_a_corrupt_middle(
 
     with spool.open("ab") as f:
         f.write(b"\x00\x00\x01")  # a crash in the middle of writing a record header
-    caplog.set_level(logging.WARNING, logger="sealog.client.shipper")
+    caplog.set_level(logging.WARNING, logger="sealog.client.capture.shipper")
     reopened = shipper_for(down, policy="spool", spool_path=spool, max_buffered=0)
     assert reopened.stats().spool_pending == 3
     assert any("torn record" in r.getMessage() for r in caplog.records)

@@ -14,8 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sealog.client.display import escape, identity
-from sealog.client.evidence import EvidenceVerdict
-from sealog.client.monitor import LogConfig, LogMonitor
+from sealog.client.monitor.config import LogConfig
+from sealog.client.monitor.evidence import EvidenceVerdict
+from sealog.client.monitor.follow import LogMonitor
 from sealog.client.note import Ed25519Signer
 from sealog.v1 import log_pb2
 

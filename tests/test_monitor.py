@@ -14,8 +14,9 @@ from sealog.client.checkpoint import SignedCheckpoint
 from sealog.client.cosignature import Cosigner
 from sealog.client.errors import MonitorStateError
 from sealog.client.keyfile import write_private_key_file
-from sealog.client.monitor import LogConfig, LogMonitor, MonitorConfig
-from sealog.client.monitor_state import load_state
+from sealog.client.monitor.config import LogConfig, MonitorConfig
+from sealog.client.monitor.follow import LogMonitor
+from sealog.client.monitor.state import load_state
 from sealog.client.note import Ed25519Signer
 
 W1 = Cosigner.generate("w1.example/witness")

@@ -23,16 +23,10 @@ from e2e_support import flip, run_sealog
 from rfc6962_reference import ReferenceTree
 
 from sealog.client.cosignature import Cosigner, cosign_checkpoint
-from sealog.client.evidence import Evidence, check_evidence, read_evidence
 from sealog.client.keyfile import write_private_key_file
-from sealog.client.monitor import (
-    EXIT_FAILURE_DETECTED,
-    LogConfig,
-    LogMonitor,
-    Monitor,
-    MonitorConfig,
-    PollResult,
-)
+from sealog.client.monitor.config import LogConfig, MonitorConfig
+from sealog.client.monitor.evidence import Evidence, check_evidence, read_evidence
+from sealog.client.monitor.follow import EXIT_FAILURE_DETECTED, LogMonitor, Monitor, PollResult
 from sealog.client.note import Ed25519Signer
 
 LOG_KEY = Ed25519Signer.generate("dishonest.example/log")

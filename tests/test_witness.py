@@ -24,10 +24,13 @@ from e2e_support import OpenLog, RunningLog, run_sealog, sealog_command
 from sealog.client.checkpoint import Checkpoint, sign_checkpoint
 from sealog.client.cosignature import Cosigner, cosign_checkpoint, verify_cosignatures
 from sealog.client.errors import InvalidSignatureError, WitnessPolicyError
+from sealog.client.http_serve import HttpLimits
 from sealog.client.keyfile import write_private_key_file
-from sealog.client.monitor import LogConfig, LogMonitor
+from sealog.client.monitor.config import LogConfig
+from sealog.client.monitor.follow import LogMonitor
 from sealog.client.note import Ed25519Signer, parse_note
-from sealog.client.witness import (
+from sealog.client.witness.endpoint import WitnessHTTPServer
+from sealog.client.witness.protocol import (
     MAX_REQUEST_BYTES,
     SIZE_CONTENT_TYPE,
     AddCheckpointRequest,
@@ -36,8 +39,6 @@ from sealog.client.witness import (
     add_checkpoint,
 )
 from sealog.client.witness_policy import WitnessPolicy
-from sealog.server.http_serve import HttpLimits
-from sealog.server.witness_http import WitnessHTTPServer
 from sealog.server.witness_push import WitnessPusher
 from sealog.v1 import log_pb2
 

@@ -1,11 +1,11 @@
 """``sealog witness serve``: a C2SP tlog-witness over HTTP, on asyncio (aiohttp).
 
 Serves ``POST <prefix>/add-checkpoint`` (c2sp.org/tlog-witness) for a
-:class:`~sealog.client.witness.Witness`, under the bounds of
-:class:`~sealog.server.http_serve.HttpLimits`: header, body and keep-alive
+:class:`~sealog.client.witness.protocol.Witness`, under the bounds of
+:class:`~sealog.client.http_serve.HttpLimits`: header, body and keep-alive
 timeouts, a cap on open connections and on requests handled at once (503
 with Retry-After beyond either), and bodies of at most
-:data:`~sealog.client.witness.MAX_REQUEST_BYTES` (413).
+:data:`~sealog.client.witness.protocol.MAX_REQUEST_BYTES` (413).
 
 The witness's work — checking signatures and the proof, writing its state
 durably (``fsync``), cosigning — runs on a small thread pool
@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from sealog.client.witness import ADD_CHECKPOINT, MAX_REQUEST_BYTES, Witness, WitnessError
-from sealog.server.http_serve import TEXT, HttpLimits, HttpServer, RequestSlots, read_body
+from sealog.client.http_serve import TEXT, HttpLimits, HttpServer, RequestSlots, read_body
+from sealog.client.witness.protocol import ADD_CHECKPOINT, MAX_REQUEST_BYTES, Witness, WitnessError
 
 __all__ = ["WitnessHTTPServer", "witness_app"]
 

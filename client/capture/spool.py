@@ -1,6 +1,6 @@
 """The shipper's spool: events waiting for the log, in a local file, across restarts.
 
-:class:`~sealog.client.shipper.EventShipper` with the ``spool`` overflow policy
+:class:`~sealog.client.capture.shipper.EventShipper` with the ``spool`` overflow policy
 appends each event here (fsynced) and replays the file in order, with each
 event's idempotency key, once the log is reachable again, also in the next
 process that opens the same spool.
@@ -22,8 +22,8 @@ from sealog.client.errors import SealogError
 
 __all__ = ["PendingEvent", "Spool", "SpoolError"]
 
-log = logging.getLogger("sealog.client.shipper")
-"""The shipper's logger, which :class:`~sealog.client.capture.SealogHandler` never ships:
+log = logging.getLogger("sealog.client.capture.shipper")
+"""The shipper's logger, which :class:`~sealog.client.capture.handler.SealogHandler` never ships:
 warnings about the spool must not become events that go to the spool."""
 
 

@@ -44,11 +44,11 @@ from pathlib import Path
 
 import grpc
 
+from sealog.client.capture.spool import PendingEvent, Spool, SpoolError
 from sealog.client.errors import SealogError
 from sealog.client.event import AuditEvent
 from sealog.client.log_client import LogClient
 from sealog.client.retry import retry_delay
-from sealog.client.spool import PendingEvent, Spool, SpoolError
 
 __all__ = [
     "EventShipper",
@@ -61,7 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOGGER_NAME = __name__
-"""The shipper's own logger; :class:`~sealog.client.capture.SealogHandler` never ships it."""
+"""The shipper's own logger, which :class:`~.handler.SealogHandler` never ships."""
 
 
 class OverflowPolicy(enum.StrEnum):

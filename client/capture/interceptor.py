@@ -1,12 +1,9 @@
-"""Drop-in capture: a ``logging`` handler and a gRPC server interceptor that emit audit events.
+"""A gRPC server interceptor that records every RPC a service serves as an audit event.
 
-Both turn what a service already does — log, serve RPCs — into
-:class:`~sealog.client.event.AuditEvent` payloads and hand them to an
-:class:`~sealog.client.shipper.EventShipper`, which sends them in the
-background. Neither waits for the network, and neither lets a failure of its
-own reach the service: the handler reports through ``logging``'s
-``handleError``, the interceptor logs and carries on. docs/capture.md shows
-the few lines a service adds.
+It hands :class:`~sealog.client.event.AuditEvent` payloads to an
+:class:`~sealog.client.capture.shipper.EventShipper`, which sends them in the
+background; it never waits for the network, and a failure of its own is logged,
+never passed to the service. docs/capture.md shows the few lines a service adds.
 """
 
 from __future__ import annotations
@@ -20,113 +17,14 @@ from typing import Any
 
 import grpc
 
-from sealog.client.event import MAX_FIELD_CHARS, AuditEvent
+from sealog.client.capture.shipper import EventShipper
+from sealog.client.event import AuditEvent, event_text
 from sealog.client.identity import identity_from_certificate
-from sealog.client.shipper import LOGGER_NAME as SHIPPER_LOGGER
-from sealog.client.shipper import EventShipper
 
-__all__ = [
-    "DEFAULT_SKIP_METHODS",
-    "AuditServerInterceptor",
-    "SealogHandler",
-    "event_text",
-]
+__all__ = ["DEFAULT_SKIP_METHODS", "AuditServerInterceptor"]
 
 log = logging.getLogger(__name__)
 
-_OWN_LOGGERS = (SHIPPER_LOGGER, __name__)
-
-
-def event_text(value: object) -> str:
-    """``value`` as an event field: control characters escaped, at most MAX_FIELD_CHARS.
-
-    Escapes ``\\n``, ``\\r``, ``\\t`` and other characters below U+0020 (which
-    the event encoding forbids) as ``\\n``/``\\r``/``\\t``/``\\xNN``; a longer
-    text is cut and ends with ``…``.
-    """
-    text = value if isinstance(value, str) else str(value)
-    if any(ord(c) < 0x20 for c in text):
-        text = text.translate(_ESCAPES)
-    if len(text) > MAX_FIELD_CHARS:
-        text = text[: MAX_FIELD_CHARS - 1] + "…"
-    return text
-
-
-_ESCAPES = {i: f"\\x{i:02x}" for i in range(0x20)} | {
-    ord("\n"): "\\n",
-    ord("\r"): "\\r",
-    ord("\t"): "\\t",
-}
-
-
-# --- logging ------------------------------------------------------------------------
-class SealogHandler(logging.Handler):
-    """A ``logging.Handler`` that turns each record into an audit event.
-
-    Field by field:
-
-    - ``action``: ``extra={"action": ...}``, else ``default_action`` ("log");
-    - ``resource``, ``outcome``, ``request_id``, ``trace_id``: from ``extra``
-      when present (``outcome`` must be one of the event outcomes);
-    - ``event_time_ms``: ``record.created``;
-    - ``attributes``: ``extra={"attributes": {...}}`` (values made strings),
-      then ``logger``, ``level`` and ``message`` (the record formatted by this
-      handler's formatter — with the traceback, if any — escaped and cut to
-      the field limit), which the ``attributes`` extra cannot override.
-
-    :meth:`emit` never raises: a record that cannot become an event goes to
-    ``handleError`` (a traceback on stderr, as ``logging`` does). Records of
-    the shipper's own loggers and of its sender thread are skipped, so a
-    warning that the log is unreachable does not feed itself. Closing the
-    handler does not close the shipper, which the interceptor may share.
-    """
-
-    def __init__(
-        self,
-        shipper: EventShipper,
-        level: int | str = logging.NOTSET,
-        *,
-        default_action: str = "log",
-    ) -> None:
-        super().__init__(level)
-        self.shipper = shipper
-        self.default_action = default_action
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            if record.name.startswith(_OWN_LOGGERS) or self.shipper.is_shipper_thread():
-                return
-            self.shipper.submit(self.to_event(record))
-        except Exception:
-            self.handleError(record)
-
-    def to_event(self, record: logging.LogRecord) -> AuditEvent:
-        """The audit event for ``record`` (see the class docstring)."""
-        extra = record.__dict__
-        attributes: dict[str, str] = {}
-        given = extra.get("attributes")
-        if isinstance(given, Mapping):
-            attributes.update({str(k): event_text(v) for k, v in given.items()})
-        attributes["logger"] = event_text(record.name)
-        attributes["level"] = record.levelname
-        attributes["message"] = event_text(self.format(record))
-        return AuditEvent(
-            action=event_text(extra.get("action") or self.default_action),
-            resource=_extra_text(extra, "resource"),
-            outcome=_extra_text(extra, "outcome"),
-            event_time_ms=int(record.created * 1000),
-            request_id=_extra_text(extra, "request_id"),
-            trace_id=_extra_text(extra, "trace_id"),
-            attributes=attributes,
-        )
-
-
-def _extra_text(extra: Mapping[str, Any], name: str) -> str:
-    value = extra.get(name)
-    return "" if value is None else event_text(value)
-
-
-# --- gRPC ---------------------------------------------------------------------------
 DEFAULT_SKIP_METHODS = frozenset(
     {
         "/grpc.health.v1.Health/Check",

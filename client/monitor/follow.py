@@ -2,7 +2,7 @@
 
 A :class:`LogMonitor` follows one log. Each :meth:`~LogMonitor.poll`:
 
-1. loads its trusted state (:mod:`sealog.client.monitor_state`). With none it
+1. loads its trusted state (:mod:`sealog.client.monitor.state`). With none it
    starts from the configured pinned checkpoint, or trusts the log's current
    checkpoint on first use (TOFU) and says so;
 2. fetches the latest checkpoint with a consistency proof from the trusted
@@ -18,7 +18,7 @@ A :class:`LogMonitor` follows one log. Each :meth:`~LogMonitor.poll`:
 6. as a witness (``cosigner_key_file``), cosigns the verified checkpoint
    (c2sp.org/tlog-cosignature) and gives it to the log (AddCosignature).
 
-When a check fails it writes an evidence file (:mod:`sealog.client.evidence`),
+When a check fails it writes an evidence file (:mod:`sealog.client.monitor.evidence`),
 runs the alert command with its path, keeps its trusted state untouched, and
 either stops (``on_failure = "exit"``) or carries on reporting
 (``"continue"``). :class:`Monitor` runs several logs from one TOML file
@@ -29,17 +29,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
-import shlex
 import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import grpc
 
@@ -56,66 +53,22 @@ from sealog.client.errors import (
     VerificationError,
     WitnessPolicyError,
 )
-from sealog.client.evidence import (
+from sealog.client.keyfile import read_key_file
+from sealog.client.log_client import LogClient
+from sealog.client.monitor.config import LogConfig, MonitorConfig
+from sealog.client.monitor.evidence import (
     Evidence,
     evidence_of_entries_mismatch,
     evidence_of_inconsistency,
     write_evidence,
 )
-from sealog.client.keyfile import read_key_file
-from sealog.client.log_client import LogClient
-from sealog.client.monitor_state import MonitorState, load_state, save_state
-from sealog.client.note import Ed25519Verifier
+from sealog.client.monitor.state import MonitorState, load_state, save_state
 from sealog.client.progress import Progress
-from sealog.client.witness_policy import WitnessPolicy
 
-__all__ = [
-    "EXIT_FAILURE_DETECTED",
-    "LogConfig",
-    "LogMonitor",
-    "Monitor",
-    "MonitorConfig",
-    "PollResult",
-]
+__all__ = ["EXIT_FAILURE_DETECTED", "LogMonitor", "Monitor", "PollResult"]
 
 EXIT_FAILURE_DETECTED = 3
 """Exit status of ``sealog monitor`` after a failed check with ``on_failure = "exit"``."""
-
-_NAME = re.compile(r"[A-Za-z0-9._-]+")
-_ON_FAILURE = ("exit", "continue")
-_LOG_KEYS = {
-    "name",
-    "target",
-    "vkey",
-    "vkey_file",
-    "origin",
-    "witnesses",
-    "witness_threshold",
-    "witness_max_age",
-    "state_dir",
-    "poll_interval",
-    "alert_command",
-    "on_failure",
-    "full_audit",
-    "pinned_checkpoint",
-    "cosigner_key_file",
-    "page_size",
-    "save_interval",
-    "timeout",
-}
-_DEFAULT_KEYS = {
-    "state_dir",
-    "poll_interval",
-    "alert_command",
-    "on_failure",
-    "full_audit",
-    "page_size",
-    "save_interval",
-    "timeout",
-    "witnesses",
-    "witness_threshold",
-    "witness_max_age",
-}
 
 
 def _utc() -> str:
@@ -126,163 +79,6 @@ def _short(root: bytes) -> str:
     return root.hex()[:12]
 
 
-# --- configuration ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class LogConfig:
-    """How to follow one log. Field by field in docs/monitoring.md, "Configuration"."""
-
-    name: str
-    target: str
-    vkey: str
-    origin: str | None = None
-    witnesses: tuple[str, ...] = ()
-    witness_threshold: int | None = None
-    witness_max_age_s: float | None = None
-    state_dir: Path = Path("monitor-state")
-    poll_interval_s: float = 60.0
-    alert_command: tuple[str, ...] = ()
-    on_failure: str = "exit"
-    full_audit: bool = False
-    pinned_checkpoint: Path | None = None
-    cosigner_key_file: Path | None = None
-    page_size: int = 0
-    save_interval_s: float = 5.0
-    timeout_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not _NAME.fullmatch(self.name):
-            raise ValueError(f"log name {self.name!r}: use letters, digits, '.', '_', '-'")
-        if self.on_failure not in _ON_FAILURE:
-            raise ValueError(f"on_failure: {self.on_failure!r}, want one of {_ON_FAILURE}")
-        if self.poll_interval_s < 0 or self.save_interval_s < 0 or self.timeout_s <= 0:
-            raise ValueError("poll_interval and save_interval must be >= 0, timeout > 0")
-        if not 0 <= self.page_size <= 1_000_000:
-            raise ValueError(f"page_size: {self.page_size}, want 0 (server default) or more")
-        Ed25519Verifier.from_vkey(self.vkey)  # fail at load time, not at the first poll
-        self.policy()
-
-    def verifier(self) -> Ed25519Verifier:
-        """The log's key."""
-        return Ed25519Verifier.from_vkey(self.vkey)
-
-    def policy(self) -> WitnessPolicy | None:
-        """The witness policy, if witness keys are configured."""
-        if not self.witnesses:
-            return None
-        return WitnessPolicy.from_vkeys(
-            self.witnesses, self.witness_threshold, self.witness_max_age_s
-        )
-
-
-def _want(kind: type | tuple[type, ...], value: object, key: str) -> Any:
-    if isinstance(value, bool) and kind is not bool:
-        raise ValueError(f"{key}: {value!r} is not a number")
-    if not isinstance(value, kind):
-        raise ValueError(f"{key}: {value!r} has the wrong type")
-    return value
-
-
-def _command(value: object, key: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(shlex.split(value))
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ValueError(f"{key}: want a command string or a list of arguments")
-
-
-@dataclass(frozen=True)
-class MonitorConfig:
-    """Every log to follow, from a TOML file (:meth:`load`)."""
-
-    logs: tuple[LogConfig, ...]
-
-    def __post_init__(self) -> None:
-        if not self.logs:
-            raise ValueError("no [[log]] to monitor")
-        names = [log.name for log in self.logs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"two logs share a name: {sorted(names)} (set name = ...)")
-
-    @classmethod
-    def load(cls, path: str | Path) -> MonitorConfig:
-        """Parse a TOML config; relative paths are relative to the file's folder."""
-        path = Path(path)
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-        return cls.from_dict(data, path.parent)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base: Path) -> MonitorConfig:
-        """Build from parsed TOML: top-level defaults and one ``[[log]]`` table per log."""
-        unknown = set(data) - _DEFAULT_KEYS - {"log"}
-        if unknown:
-            raise ValueError(f"unknown settings: {sorted(unknown)}")
-        tables = data.get("log", [])
-        if not isinstance(tables, list):
-            raise ValueError("use [[log]] tables, one per log")
-        logs = []
-        for i, table in enumerate(tables):
-            logs.append(_log_config(data, dict(table), base, f"log[{i}]"))
-        return cls(tuple(logs))
-
-
-def _log_config(
-    defaults: Mapping[str, Any], table: dict[str, Any], base: Path, where: str
-) -> LogConfig:
-    unknown = set(table) - _LOG_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown settings: {sorted(unknown)}")
-
-    def get(key: str, default: Any = None) -> Any:
-        return table.get(key, defaults.get(key, default))
-
-    def path(value: object, key: str) -> Path:
-        p = Path(_want(str, value, f"{where}.{key}")).expanduser()
-        return p if p.is_absolute() else base / p
-
-    if "vkey" in table:
-        vkey = _want(str, table["vkey"], f"{where}.vkey").strip()
-    elif "vkey_file" in table:
-        vkey = read_key_file(path(table["vkey_file"], "vkey_file"))
-    else:
-        raise ValueError(f"{where}: give the log's key: vkey = '...' or vkey_file = 'FILE'")
-    if "target" not in table:
-        raise ValueError(f"{where}: give the log's address: target = 'host:port'")
-    key_name = vkey.split("+", 1)[0]
-    name = _want(str, table.get("name", re.sub(r"[^A-Za-z0-9._-]", "_", key_name)), "name")
-    state_dir = path(table["state_dir"], "state_dir") if "state_dir" in table else None
-    if state_dir is None:
-        state_dir = path(defaults.get("state_dir", "monitor-state"), "state_dir") / name
-    witnesses = get("witnesses", [])
-    if not isinstance(witnesses, list) or not all(isinstance(w, str) for w in witnesses):
-        raise ValueError(f"{where}.witnesses: want a list of witness verifier keys")
-    threshold = get("witness_threshold")
-    max_age = get("witness_max_age")
-    alert = get("alert_command")
-    pinned = table.get("pinned_checkpoint")
-    cosigner = table.get("cosigner_key_file")
-    return LogConfig(
-        name=name,
-        target=_want(str, table["target"], f"{where}.target"),
-        vkey=vkey,
-        origin=_want(str, table["origin"], f"{where}.origin") if "origin" in table else None,
-        witnesses=tuple(witnesses),
-        witness_threshold=None if threshold is None else _want(int, threshold, "threshold"),
-        witness_max_age_s=None if max_age is None else float(_want((int, float), max_age, "age")),
-        state_dir=state_dir,
-        poll_interval_s=float(_want((int, float), get("poll_interval", 60.0), "poll_interval")),
-        alert_command=() if alert is None else _command(alert, f"{where}.alert_command"),
-        on_failure=_want(str, get("on_failure", "exit"), "on_failure"),
-        full_audit=_want(bool, get("full_audit", False), "full_audit"),
-        pinned_checkpoint=None if pinned is None else path(pinned, "pinned_checkpoint"),
-        cosigner_key_file=None if cosigner is None else path(cosigner, "cosigner_key_file"),
-        page_size=_want(int, get("page_size", 0), "page_size"),
-        save_interval_s=float(_want((int, float), get("save_interval", 5.0), "save_interval")),
-        timeout_s=float(_want((int, float), get("timeout", 30.0), "timeout")),
-    )
-
-
-# --- one log ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PollResult:
     """What one poll found. ``outcome`` is ``ok``, ``failed`` (evidence) or ``error``."""

@@ -22,7 +22,7 @@ size the witness has (body: that size, ``text/x.tlog.size``) or same size with
 another root, 422 the consistency proof fails.
 
 :class:`Witness` is the witness's logic (the HTTP server is
-:mod:`sealog.server.witness_http`); :func:`add_checkpoint` is a client of any
+:mod:`sealog.client.witness.endpoint`); :func:`add_checkpoint` is a client of any
 witness that speaks the protocol.
 """
 
