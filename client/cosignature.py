@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from sealog.client._encoding import encode_base64
 from sealog.client.checkpoint import Checkpoint
 from sealog.client.errors import (
     CheckpointFormatError,
@@ -43,7 +44,6 @@ from sealog.client.errors import (
     UnverifiedNoteError,
 )
 from sealog.client.note import (
-    _b64,
     _check_key_hash,
     _check_key_type,
     _check_name,
@@ -151,7 +151,7 @@ class CosignatureVerifier:
         """The verifier key string: ``<name>+<hash>+base64(0x04 || public key)``."""
         return (
             f"{self.name}+{self.key_hash:08x}+"
-            f"{_b64(bytes([COSIGNATURE_KEY_TYPE]) + self.public_key)}"
+            f"{encode_base64(bytes([COSIGNATURE_KEY_TYPE]) + self.public_key)}"
         )
 
     @staticmethod
@@ -249,7 +249,7 @@ class Cosigner:
         """The secret signer key string. Anyone holding it can cosign as this witness."""
         return (
             f"{_PRIVATE_KEY_PREFIX}{self.name}+{self.key_hash:08x}+"
-            f"{_b64(bytes([COSIGNATURE_KEY_TYPE]) + self.seed)}"
+            f"{encode_base64(bytes([COSIGNATURE_KEY_TYPE]) + self.seed)}"
         )
 
     def verifier(self) -> CosignatureVerifier:

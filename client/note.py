@@ -27,8 +27,6 @@ note that :func:`open_note` would reject.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -41,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from sealog.client._encoding import decode_base64, encode_base64
 from sealog.client.errors import (
     InvalidSignatureError,
     KeyFormatError,
@@ -166,26 +165,6 @@ def _check_name(name: str) -> None:
         raise KeyFormatError(problem)
 
 
-def _decode_base64(text: str) -> bytes | None:
-    """Decode standard padded base64 (RFC 4648, Section 4) in canonical form only.
-
-    Returns None unless ``text`` is exactly what encoding its bytes gives back:
-    no missing or extra padding, no characters outside the alphabet, no
-    non-zero bits in the last character.
-    """
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    if base64.b64encode(data).decode("ascii") != text:
-        return None
-    return data
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def _parse_key(key: str, *, private: bool) -> tuple[str, int, int, bytes]:
     """Split a verifier or signer key string into (name, key ID, type byte, key material).
 
@@ -210,7 +189,7 @@ def _parse_key(key: str, *, private: bool) -> tuple[str, int, int, bytes]:
     _check_name(name)
     if not _HEX8.fullmatch(hash_hex):
         raise KeyFormatError(f"{what} for {name!r}: key hash {hash_hex!r} is not 8 hex digits")
-    material = _decode_base64(key_b64)
+    material = decode_base64(key_b64)
     if material is None or not material:
         raise KeyFormatError(f"{what} for {name!r}: key is not canonical standard base64")
     return name, int(hash_hex, 16), material[0], material[1:]
@@ -315,9 +294,8 @@ class Ed25519Verifier:
     @property
     def vkey(self) -> str:
         """The verifier key string: ``<name>+<hash>+base64(0x01 || public key)``."""
-        return (
-            f"{self.name}+{self.key_hash:08x}+{_b64(bytes([ED25519_KEY_TYPE]) + self.public_key)}"
-        )
+        encoded = encode_base64(bytes([ED25519_KEY_TYPE]) + self.public_key)
+        return f"{self.name}+{self.key_hash:08x}+{encoded}"
 
     def verify(self, message: bytes, signature: bytes) -> None:
         """Check an Ed25519 signature (RFC 8032) of ``message``; raise InvalidSignatureError."""
@@ -384,7 +362,7 @@ class Ed25519Signer:
         """The secret signer key string. Anyone holding it can sign as this key."""
         return (
             f"{_PRIVATE_KEY_PREFIX}{self.name}+{self.key_hash:08x}+"
-            f"{_b64(bytes([ED25519_KEY_TYPE]) + self.seed)}"
+            f"{encode_base64(bytes([ED25519_KEY_TYPE]) + self.seed)}"
         )
 
     def verifier(self) -> Ed25519Verifier:
@@ -417,7 +395,7 @@ class NoteSignature:
     def to_line(self) -> bytes:
         """The signature line, ``— <name> base64(key ID || signature)\\n``."""
         raw = self.key_hash.to_bytes(4, "big") + self.signature
-        return f"{_SIGNATURE_PREFIX}{self.name} {_b64(raw)}\n".encode()
+        return f"{_SIGNATURE_PREFIX}{self.name} {encode_base64(raw)}\n".encode()
 
 
 @dataclass(frozen=True)
@@ -459,7 +437,7 @@ def _parse_signature_line(line: bytes, number: int) -> NoteSignature:
     problem = _name_problem(name)
     if problem is not None:
         raise NoteFormatError(f"signature line {number}: {problem}")
-    raw = _decode_base64(b64)
+    raw = decode_base64(b64)
     if raw is None or not b64:
         raise NoteFormatError(
             f"signature line {number} ({name}): signature is not canonical standard base64"
