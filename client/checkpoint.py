@@ -15,20 +15,18 @@ exact serialisation of the :class:`Checkpoint` it yields
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sealog.client.errors import CheckpointFormatError, VerificationError
-from sealog.client.note import (
-    NoteSignature,
-    NoteSigner,
-    NoteVerifier,
-    _decode_base64,
-    open_note,
-    sign_note,
+from sealog.client._encoding import (
+    decode_base64,
+    encode_base64,
+    is_canonical_decimal,
+    parse_decimal,
 )
+from sealog.client.errors import CheckpointFormatError, VerificationError
+from sealog.client.note import NoteSignature, NoteSigner, NoteVerifier, open_note, sign_note
 
 __all__ = [
     "ROOT_HASH_SIZE",
@@ -42,7 +40,6 @@ __all__ = [
 ROOT_HASH_SIZE = 32
 
 _MAX_TREE_SIZE = 2**64 - 1
-_DECIMAL = re.compile("0|[1-9][0-9]*")
 _CONTROL = re.compile("[\x00-\x1f]")
 
 
@@ -104,7 +101,7 @@ class Checkpoint:
         lines = [
             self.origin,
             str(self.size),
-            base64.b64encode(self.root_hash).decode("ascii"),
+            encode_base64(self.root_hash),
             *self.extensions,
         ]
         return "".join(line + "\n" for line in lines).encode("utf-8")
@@ -137,14 +134,14 @@ class Checkpoint:
         origin, size_line, root_line, *extensions = lines
         if not origin:
             raise CheckpointFormatError("checkpoint: empty origin line")
-        if not _DECIMAL.fullmatch(size_line):
-            raise CheckpointFormatError(
-                f"checkpoint: tree size {size_line!r} is not canonical ASCII decimal"
-            )
-        size = int(size_line)
-        if size > _MAX_TREE_SIZE:
+        size = parse_decimal(size_line, _MAX_TREE_SIZE)
+        if size is None:
+            if not is_canonical_decimal(size_line):
+                raise CheckpointFormatError(
+                    f"checkpoint: tree size {size_line!r} is not canonical ASCII decimal"
+                )
             raise CheckpointFormatError(f"checkpoint: tree size {size_line!r} out of range")
-        root_hash = _decode_base64(root_line)
+        root_hash = decode_base64(root_line)
         if root_hash is None:
             raise CheckpointFormatError(
                 f"checkpoint: root hash line {root_line!r} is not canonical standard base64"

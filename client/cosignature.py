@@ -20,41 +20,32 @@ key ``<name>+<hash>+base64(0x04 || public key)`` as tlog-cosignature
 describes, and the signer key ``PRIVATE+KEY+<name>+<hash>+base64(0x04 || seed)``
 in the form golang.org/x/mod/sumdb/note uses for its own keys (the form
 github.com/transparency-dev/formats accepts for cosignature/v1 signers).
+Parsing and writing them is :mod:`sealog.client.note_keys`'s, shared with the
+log's type-0x01 keys.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from dataclasses import dataclass
+from typing import ClassVar
 
 from sealog.client.checkpoint import Checkpoint
 from sealog.client.errors import (
     CheckpointFormatError,
     InvalidSignatureError,
-    KeyFormatError,
     NoteFormatError,
     UnverifiedNoteError,
 )
-from sealog.client.note import (
-    _b64,
-    _check_key_hash,
-    _check_key_type,
-    _check_name,
-    _check_uint32,
-    _key_hash_for,
-    _load_public_key,
-    _parse_key,
-    key_hash,
-    open_note,
-    parse_note,
-    sign_note,
+from sealog.client.note import open_note, parse_note, sign_note
+from sealog.client.note_keys import (
+    COSIGNATURE_KEY_TYPE,
+    ED25519_COSIGNATURE,
+    ED25519_SIGNATURE_SIZE,
+    Ed25519SignerKey,
+    Ed25519VerifierKey,
+    SignatureType,
 )
 
 __all__ = [
@@ -68,16 +59,11 @@ __all__ = [
     "verify_cosignatures",
 ]
 
-#: Signature type byte of Ed25519 cosignature/v1 keys (signed-note, "Signature types").
-COSIGNATURE_KEY_TYPE = 0x04
-
 #: Largest timestamp a cosignature may carry (tlog-cosignature, "Format").
 MAX_TIMESTAMP = 2**63 - 1
 
 _TIMESTAMP_SIZE = 8
-_ED25519_SIGNATURE_SIZE = 64
-_COSIGNATURE_SIZE = _TIMESTAMP_SIZE + _ED25519_SIGNATURE_SIZE
-_PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"
+_COSIGNATURE_SIZE = _TIMESTAMP_SIZE + ED25519_SIGNATURE_SIZE
 
 
 def _check_timestamp(timestamp: int) -> None:
@@ -98,61 +84,19 @@ def cosigned_message(body: bytes, timestamp: int) -> bytes:
     return b"cosignature/v1\ntime %d\n" % timestamp + body
 
 
-@dataclass(frozen=True)
-class CosignatureVerifier:
+class CosignatureVerifier(Ed25519VerifierKey):
     """Checks Ed25519 cosignature/v1 signatures by one witness key (type 0x04).
 
     Implements :class:`sealog.client.note.NoteVerifier`, so it can be passed
     to :func:`sealog.client.note.open_note`. The constructor checks that
     ``key_hash`` is the type-0x04 key ID of ``name`` and ``public_key``.
+    :meth:`from_vkey` parses a witness verifier key ``<name>+<hash>+base64(0x04
+    || public key)`` and refuses a plain Ed25519 note key (type 0x01), saying
+    so: its key ID differs, so it would never match a cosignature line. The
+    key handling is :class:`sealog.client.note_keys.Ed25519VerifierKey`'s.
     """
 
-    name: str
-    key_hash: int
-    public_key: bytes
-    _key: Ed25519PublicKey = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        key = _load_public_key(
-            "cosignature verifier key",
-            f"witness {self.name!r}",
-            self.name,
-            self.key_hash,
-            self.public_key,
-            COSIGNATURE_KEY_TYPE,
-        )
-        object.__setattr__(self, "_key", key)
-
-    @classmethod
-    def from_public_key(cls, name: str, public_key: bytes) -> CosignatureVerifier:
-        """The cosignature verifier for a raw 32-byte Ed25519 public key under ``name``."""
-        key_id = _key_hash_for(f"witness {name!r}", name, public_key, COSIGNATURE_KEY_TYPE)
-        return cls(name, key_id, public_key)
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> CosignatureVerifier:
-        """Parse a witness verifier key ``<name>+<hash>+base64(0x04 || public key)``.
-
-        A plain Ed25519 note key (type 0x01) is refused with a KeyFormatError
-        that says so: its key ID differs, so it would never match a
-        cosignature line.
-        """
-        name, written, key_type, material = _parse_key(vkey, private=False)
-        _check_key_type("cosignature verifier key", name, key_type, COSIGNATURE_KEY_TYPE)
-        if len(material) != 32:
-            raise KeyFormatError(
-                f"cosignature verifier key {name!r}: Ed25519 public key is "
-                f"{len(material)} bytes, want 32"
-            )
-        return cls(name, written, material)
-
-    @property
-    def vkey(self) -> str:
-        """The verifier key string: ``<name>+<hash>+base64(0x04 || public key)``."""
-        return (
-            f"{self.name}+{self.key_hash:08x}+"
-            f"{_b64(bytes([COSIGNATURE_KEY_TYPE]) + self.public_key)}"
-        )
+    signature_type: ClassVar[SignatureType] = ED25519_COSIGNATURE
 
     @staticmethod
     def timestamp_of(signature: bytes) -> int:
@@ -183,80 +127,26 @@ class CosignatureVerifier:
             signed = cosigned_message(message, timestamp)
         except (NoteFormatError, CheckpointFormatError) as err:
             raise InvalidSignatureError(self.name, self.key_hash) from err
-        try:
-            self._key.verify(signature[_TIMESTAMP_SIZE:], signed)
-        except InvalidSignature:
-            raise InvalidSignatureError(self.name, self.key_hash) from None
+        super().verify(signed, signature[_TIMESTAMP_SIZE:])
 
 
-@dataclass(frozen=True, repr=False)
-class Cosigner:
+class Cosigner(Ed25519SignerKey):
     """A witness key that makes Ed25519 cosignature/v1 signatures (type 0x04).
 
     Implements :class:`sealog.client.note.NoteSigner`: :meth:`sign` stamps
-    the current time. Its repr shows only the name and key ID; the seed
-    leaves the object only through :attr:`skey`.
+    the current time. Its signer key is ``PRIVATE+KEY+<name>+<hash>+base64(0x04
+    || seed)``, whose hash must be the type-0x04 key ID of the public key
+    derived from the seed; :meth:`from_skey` refuses a plain note key (type
+    0x01). Its repr shows only the name and key ID; the seed leaves the object
+    only through :attr:`skey`. The key handling is
+    :class:`sealog.client.note_keys.Ed25519SignerKey`'s.
     """
 
-    name: str
-    key_hash: int
-    seed: bytes
-    _key: Ed25519PrivateKey = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        _check_name(self.name)
-        _check_uint32(self.key_hash)
-        if not isinstance(self.seed, bytes) or len(self.seed) != 32:
-            raise KeyFormatError(f"Ed25519 seed for witness {self.name!r} must be 32 bytes")
-        private_key = Ed25519PrivateKey.from_private_bytes(self.seed)
-        public_key = private_key.public_key().public_bytes_raw()
-        computed = key_hash(self.name, bytes([COSIGNATURE_KEY_TYPE]) + public_key)
-        _check_key_hash("cosigner key", self.name, self.key_hash, computed)
-        object.__setattr__(self, "_key", private_key)
-
-    def __repr__(self) -> str:
-        return f"Cosigner(name={self.name!r}, key_hash=0x{self.key_hash:08x})"
-
-    @classmethod
-    def from_skey(cls, skey: str) -> Cosigner:
-        """Parse a witness signer key ``PRIVATE+KEY+<name>+<hash>+base64(0x04 || seed)``.
-
-        The hash must be the type-0x04 key ID of the public key derived from
-        the seed. A plain note key (type 0x01) is refused.
-        """
-        name, written, key_type, material = _parse_key(skey, private=True)
-        _check_key_type("cosigner key", name, key_type, COSIGNATURE_KEY_TYPE)
-        if len(material) != 32:
-            raise KeyFormatError(
-                f"cosigner key {name!r}: Ed25519 seed is {len(material)} bytes, want 32"
-            )
-        return cls(name, written, material)
-
-    @classmethod
-    def generate(cls, name: str) -> Cosigner:
-        """A new random witness key named ``name``."""
-        _check_name(name)
-        private_key = Ed25519PrivateKey.generate()
-        public_key = private_key.public_key().public_bytes_raw()
-        return cls(
-            name,
-            key_hash(name, bytes([COSIGNATURE_KEY_TYPE]) + public_key),
-            private_key.private_bytes_raw(),
-        )
-
-    @property
-    def skey(self) -> str:
-        """The secret signer key string. Anyone holding it can cosign as this witness."""
-        return (
-            f"{_PRIVATE_KEY_PREFIX}{self.name}+{self.key_hash:08x}+"
-            f"{_b64(bytes([COSIGNATURE_KEY_TYPE]) + self.seed)}"
-        )
+    signature_type: ClassVar[SignatureType] = ED25519_COSIGNATURE
 
     def verifier(self) -> CosignatureVerifier:
         """The matching verifier, to publish as ``verifier().vkey``."""
-        return CosignatureVerifier(
-            self.name, self.key_hash, self._key.public_key().public_bytes_raw()
-        )
+        return CosignatureVerifier(self.name, self.key_hash, self.public_key)
 
     def sign(self, message: bytes) -> bytes:
         """Cosign the checkpoint body ``message`` at the current time (whole seconds)."""
@@ -271,7 +161,7 @@ class Cosigner:
         outside ``[0, 2**63 - 1]``.
         """
         signed = cosigned_message(message, timestamp)
-        return timestamp.to_bytes(_TIMESTAMP_SIZE, "big") + self._key.sign(signed)
+        return timestamp.to_bytes(_TIMESTAMP_SIZE, "big") + super().sign(signed)
 
 
 @dataclass(frozen=True)

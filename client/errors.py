@@ -8,9 +8,10 @@ so the caller can print it, store it or publish it as evidence.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from sealog.client._encoding import encode_base64
 
 if TYPE_CHECKING:
     from sealog.client.checkpoint import Checkpoint
@@ -34,10 +35,6 @@ __all__ = [
     "VerificationError",
     "WitnessPolicyError",
 ]
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 class SealogError(Exception):
@@ -102,7 +99,10 @@ class RootMismatchError(VerificationError):
         self.what = what
         self.expected = expected
         self.calculated = calculated
-        super().__init__(f"{what}: calculated root {_b64(calculated)}, expected {_b64(expected)}")
+        super().__init__(
+            f"{what}: calculated root {encode_base64(calculated)}, "
+            f"expected {encode_base64(expected)}"
+        )
 
 
 class InvalidSignatureError(VerificationError):

@@ -19,6 +19,9 @@ The signature line is an em dash (U+2014), a space, the key name, a space, and
 * verifier key (public): ``<name>+<key ID as 8 hex digits>+base64(type byte || public key)``
 * signer key (secret): ``PRIVATE+KEY+<name>+<key ID>+base64(type byte || 32-byte seed)``
 
+Key names, key IDs and key strings are :mod:`sealog.client.note_keys`'s;
+:class:`Ed25519Signer` and :class:`Ed25519Verifier` are its keys of type 0x01.
+
 Where this module is stricter than the Go package, the difference is noted in
 the docstring concerned: base64 must be in canonical form, key names may not
 contain ASCII control characters, and :func:`sign_note` refuses to produce a
@@ -27,25 +30,21 @@ note that :func:`open_note` would reject.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-
-from sealog.client.errors import (
-    InvalidSignatureError,
-    KeyFormatError,
-    NoteFormatError,
-    UnverifiedNoteError,
+from sealog.client._encoding import decode_base64, encode_base64
+from sealog.client.errors import NoteFormatError, UnverifiedNoteError
+from sealog.client.note_keys import (
+    ED25519_KEY_TYPE,
+    ED25519_NOTE,
+    Ed25519SignerKey,
+    Ed25519VerifierKey,
+    SignatureType,
+    key_hash,
+    key_name_problem,
 )
 
 __all__ = [
@@ -67,24 +66,8 @@ __all__ = [
 #: to set a limit of at least 16; 100 is the limit of golang.org/x/mod/sumdb/note.
 MAX_NOTE_SIGNATURES = 100
 
-#: Signature type byte of plain Ed25519 note signatures (signed-note, "Signature types").
-ED25519_KEY_TYPE = 0x01
-
 _SIGNATURE_PREFIX = "\u2014 "  # em dash, space
-_PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"
-_ED25519_PUBLIC_KEY_SIZE = 32
-_ED25519_SEED_SIZE = 32
-_ED25519_SIGNATURE_SIZE = 64
-
-# Code points Go's unicode.IsSpace reports as spaces: the Unicode White_Space
-# property. Key names must not contain any of them (signed-note, "Format").
-_UNICODE_SPACES = frozenset(
-    "\t\n\v\f\r \u0085\u00a0\u1680"
-    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-    "\u2028\u2029\u202f\u205f\u3000"
-)
 _FORBIDDEN_IN_NOTE = re.compile("[\x00-\x09\x0b-\x1f]")
-_HEX8 = re.compile("[0-9a-fA-F]{8}")
 
 
 @runtime_checkable
@@ -128,278 +111,34 @@ class NoteSigner(Protocol):
         ...
 
 
-def key_hash(name: str, key_type_and_public_key: bytes) -> int:
-    """The key ID of a key: ``SHA-256(name || 0x0A || type byte || public key)[:4]``.
-
-    signed-note, "Signatures": the first four bytes of the hash, read as a
-    big-endian uint32. ``key_type_and_public_key`` is the signature type byte
-    followed by the public key, as encoded in a verifier key.
-    """
-    digest = hashlib.sha256(name.encode("utf-8") + b"\n" + key_type_and_public_key).digest()
-    return int.from_bytes(digest[:4], "big")
-
-
-def _name_problem(name: str) -> str | None:
-    """Why ``name`` is not a valid key name (signed-note, "Format"), or None if it is.
-
-    A key name is non-empty UTF-8 with no Unicode spaces and no ``+``. Control
-    characters are refused too (unlike Go), since a signed note cannot carry them.
-    """
-    if not name:
-        return "key name is empty"
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return f"key name {name!r} is not valid UTF-8"
-    if "+" in name:
-        return f"key name {name!r} contains '+'"
-    if any(ch in _UNICODE_SPACES for ch in name):
-        return f"key name {name!r} contains white space"
-    if _FORBIDDEN_IN_NOTE.search(name):
-        return f"key name {name!r} contains a control character"
-    return None
-
-
-def _check_name(name: str) -> None:
-    problem = _name_problem(name)
-    if problem is not None:
-        raise KeyFormatError(problem)
-
-
-def _decode_base64(text: str) -> bytes | None:
-    """Decode standard padded base64 (RFC 4648, Section 4) in canonical form only.
-
-    Returns None unless ``text`` is exactly what encoding its bytes gives back:
-    no missing or extra padding, no characters outside the alphabet, no
-    non-zero bits in the last character.
-    """
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    if base64.b64encode(data).decode("ascii") != text:
-        return None
-    return data
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _parse_key(key: str, *, private: bool) -> tuple[str, int, int, bytes]:
-    """Split a verifier or signer key string into (name, key ID, type byte, key material).
-
-    The key ID is taken as written; the caller checks it against the key. Error
-    messages never repeat the key material, which for a signer key is secret.
-    """
-    what = "signer key" if private else "verifier key"
-    form = "PRIVATE+KEY+<name>+<hash>+<base64 key>" if private else "<name>+<hash>+<base64 key>"
-    if not isinstance(key, str):
-        raise KeyFormatError(f"{what} must be a str, got {type(key).__name__}")
-    rest = key
-    if private:
-        if not rest.startswith(_PRIVATE_KEY_PREFIX):
-            raise KeyFormatError(f"{what} must have the form {form}: missing PRIVATE+KEY+ prefix")
-        rest = rest[len(_PRIVATE_KEY_PREFIX) :]
-    elif rest.startswith(_PRIVATE_KEY_PREFIX):
-        raise KeyFormatError(f"this is a signer (private) key; a {what} has the form {form}")
-    parts = rest.split("+", 2)
-    if len(parts) != 3:
-        raise KeyFormatError(f"{what} must have the form {form}")
-    name, hash_hex, key_b64 = parts
-    _check_name(name)
-    if not _HEX8.fullmatch(hash_hex):
-        raise KeyFormatError(f"{what} for {name!r}: key hash {hash_hex!r} is not 8 hex digits")
-    material = _decode_base64(key_b64)
-    if material is None or not material:
-        raise KeyFormatError(f"{what} for {name!r}: key is not canonical standard base64")
-    return name, int(hash_hex, 16), material[0], material[1:]
-
-
-def _check_key_hash(what: str, name: str, written: int, computed: int) -> None:
-    if written != computed:
-        raise KeyFormatError(
-            f"{what} {name}+{written:08x}: key hash does not match the key "
-            f"(the key hashes to {computed:08x})"
-        )
-
-
-def _check_key_type(what: str, name: str, got: int, want: int) -> None:
-    if got != want:
-        hint = ""
-        if got == 0x04:
-            hint = "; type 0x04 is a cosignature/v1 witness key (see sealog.client.cosignature)"
-        elif got == ED25519_KEY_TYPE:
-            hint = "; type 0x01 is a plain Ed25519 note key (see sealog.client.note)"
-        raise KeyFormatError(f"{what} {name!r} has key type 0x{got:02x}, want 0x{want:02x}{hint}")
-
-
-def _check_uint32(value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
-        raise KeyFormatError(f"key hash must be an int in [0, 2**32), got {value!r}")
-
-
-def _check_public_key(whose: str, public_key: object) -> None:
-    if not isinstance(public_key, bytes) or len(public_key) != 32:
-        raise KeyFormatError(
-            f"Ed25519 public key for {whose} must be 32 bytes, got {_describe_length(public_key)}"
-        )
-
-
-def _load_public_key(
-    what: str, whose: str, name: str, written_hash: int, public_key: bytes, key_type: int
-) -> Ed25519PublicKey:
-    """Check a verifier's name, key ID and key; return the key ready to verify with."""
-    _check_name(name)
-    _check_uint32(written_hash)
-    _check_public_key(whose, public_key)
-    computed = key_hash(name, bytes([key_type]) + public_key)
-    _check_key_hash(what, name, written_hash, computed)
-    return Ed25519PublicKey.from_public_bytes(public_key)
-
-
-def _key_hash_for(whose: str, name: str, public_key: bytes, key_type: int) -> int:
-    """The key ID of a raw public key, after checking the name and the key."""
-    _check_name(name)
-    _check_public_key(whose, public_key)
-    return key_hash(name, bytes([key_type]) + public_key)
-
-
-@dataclass(frozen=True)
-class Ed25519Verifier:
+class Ed25519Verifier(Ed25519VerifierKey):
     """An Ed25519 note verifier (signed-note, "Ed25519 signatures", type 0x01).
 
-    Construct it from a verifier key with :meth:`from_vkey`, or from a raw
-    public key with :meth:`from_public_key`. The constructor checks that
-    ``key_hash`` is the key ID of ``name`` and ``public_key``.
+    Construct it from a verifier key ``<name>+<hash>+base64(0x01 || public
+    key)`` with :meth:`from_vkey`, or from a raw public key with
+    :meth:`from_public_key`. The constructor checks that ``key_hash`` is the
+    key ID of ``name`` and ``public_key``. :meth:`verify` checks an Ed25519
+    signature (RFC 8032) of the note text. The key handling is
+    :class:`sealog.client.note_keys.Ed25519VerifierKey`'s.
     """
 
-    name: str
-    key_hash: int
-    public_key: bytes
-    _key: Ed25519PublicKey = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        key = _load_public_key(
-            "Ed25519 verifier key",
-            repr(self.name),
-            self.name,
-            self.key_hash,
-            self.public_key,
-            ED25519_KEY_TYPE,
-        )
-        object.__setattr__(self, "_key", key)
-
-    @classmethod
-    def from_public_key(cls, name: str, public_key: bytes) -> Ed25519Verifier:
-        """The verifier for a raw 32-byte Ed25519 public key under ``name``."""
-        key_id = _key_hash_for(repr(name), name, public_key, ED25519_KEY_TYPE)
-        return cls(name, key_id, public_key)
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> Ed25519Verifier:
-        """Parse a verifier key ``<name>+<hash>+base64(0x01 || public key)``.
-
-        Raises KeyFormatError, naming the part that is wrong, when the string
-        is malformed, the type byte is not 0x01, the key is not 32 bytes, or
-        the hash is not the key ID of the name and key.
-        """
-        name, written, key_type, material = _parse_key(vkey, private=False)
-        _check_key_type("verifier key", name, key_type, ED25519_KEY_TYPE)
-        if len(material) != _ED25519_PUBLIC_KEY_SIZE:
-            raise KeyFormatError(
-                f"verifier key {name!r}: Ed25519 public key is {len(material)} bytes, want 32"
-            )
-        return cls(name, written, material)
-
-    @property
-    def vkey(self) -> str:
-        """The verifier key string: ``<name>+<hash>+base64(0x01 || public key)``."""
-        return (
-            f"{self.name}+{self.key_hash:08x}+{_b64(bytes([ED25519_KEY_TYPE]) + self.public_key)}"
-        )
-
-    def verify(self, message: bytes, signature: bytes) -> None:
-        """Check an Ed25519 signature (RFC 8032) of ``message``; raise InvalidSignatureError."""
-        if len(signature) != _ED25519_SIGNATURE_SIZE:
-            raise InvalidSignatureError(self.name, self.key_hash)
-        try:
-            self._key.verify(signature, message)
-        except InvalidSignature:
-            raise InvalidSignatureError(self.name, self.key_hash) from None
+    signature_type: ClassVar[SignatureType] = ED25519_NOTE
 
 
-@dataclass(frozen=True, repr=False)
-class Ed25519Signer:
+class Ed25519Signer(Ed25519SignerKey):
     """An Ed25519 note signer (signed-note, "Ed25519 signatures", type 0x01).
 
-    Holds the 32-byte private seed. Its repr shows only the name and key ID;
-    the seed leaves the object only through :attr:`skey`.
+    Holds the 32-byte private seed; its signer key is ``PRIVATE+KEY+<name>+
+    <hash>+base64(0x01 || seed)``. Its repr shows only the name and key ID;
+    the seed leaves the object only through :attr:`skey`. The key handling is
+    :class:`sealog.client.note_keys.Ed25519SignerKey`'s.
     """
 
-    name: str
-    key_hash: int
-    seed: bytes
-    _key: Ed25519PrivateKey = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        _check_name(self.name)
-        _check_uint32(self.key_hash)
-        if not isinstance(self.seed, bytes) or len(self.seed) != _ED25519_SEED_SIZE:
-            raise KeyFormatError(f"Ed25519 seed for {self.name!r} must be 32 bytes")
-        private_key = Ed25519PrivateKey.from_private_bytes(self.seed)
-        public_key = private_key.public_key().public_bytes_raw()
-        computed = key_hash(self.name, bytes([ED25519_KEY_TYPE]) + public_key)
-        _check_key_hash("Ed25519 signer key", self.name, self.key_hash, computed)
-        object.__setattr__(self, "_key", private_key)
-
-    def __repr__(self) -> str:
-        return f"Ed25519Signer(name={self.name!r}, key_hash=0x{self.key_hash:08x})"
-
-    @classmethod
-    def from_skey(cls, skey: str) -> Ed25519Signer:
-        """Parse a signer key ``PRIVATE+KEY+<name>+<hash>+base64(0x01 || seed)``.
-
-        The hash is the key ID of the *public* key, so it is checked after
-        deriving the public key from the seed.
-        """
-        name, written, key_type, material = _parse_key(skey, private=True)
-        _check_key_type("signer key", name, key_type, ED25519_KEY_TYPE)
-        if len(material) != _ED25519_SEED_SIZE:
-            raise KeyFormatError(
-                f"signer key {name!r}: Ed25519 seed is {len(material)} bytes, want 32"
-            )
-        return cls(name, written, material)
-
-    @classmethod
-    def generate(cls, name: str) -> Ed25519Signer:
-        """A new random Ed25519 key named ``name``."""
-        _check_name(name)
-        seed = Ed25519PrivateKey.generate().private_bytes_raw()
-        public_key = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
-        return cls(name, key_hash(name, bytes([ED25519_KEY_TYPE]) + public_key), seed)
-
-    @property
-    def skey(self) -> str:
-        """The secret signer key string. Anyone holding it can sign as this key."""
-        return (
-            f"{_PRIVATE_KEY_PREFIX}{self.name}+{self.key_hash:08x}+"
-            f"{_b64(bytes([ED25519_KEY_TYPE]) + self.seed)}"
-        )
+    signature_type: ClassVar[SignatureType] = ED25519_NOTE
 
     def verifier(self) -> Ed25519Verifier:
         """The matching verifier, to publish as ``verifier().vkey``."""
-        return Ed25519Verifier(self.name, self.key_hash, self._key.public_key().public_bytes_raw())
-
-    def sign(self, message: bytes) -> bytes:
-        """The 64-byte Ed25519 signature of ``message`` (deterministic, RFC 8032)."""
-        return self._key.sign(bytes(message))
-
-
-def _describe_length(value: object) -> str:
-    if isinstance(value, bytes):
-        return f"{len(value)} bytes"
-    return type(value).__name__
+        return Ed25519Verifier(self.name, self.key_hash, self.public_key)
 
 
 @dataclass(frozen=True)
@@ -417,7 +156,7 @@ class NoteSignature:
     def to_line(self) -> bytes:
         """The signature line, ``— <name> base64(key ID || signature)\\n``."""
         raw = self.key_hash.to_bytes(4, "big") + self.signature
-        return f"{_SIGNATURE_PREFIX}{self.name} {_b64(raw)}\n".encode()
+        return f"{_SIGNATURE_PREFIX}{self.name} {encode_base64(raw)}\n".encode()
 
 
 @dataclass(frozen=True)
@@ -456,10 +195,10 @@ def _parse_signature_line(line: bytes, number: int) -> NoteSignature:
             f"signature line {number} does not start with an em dash and a space: {text[:40]!r}"
         )
     name, _, b64 = text[len(_SIGNATURE_PREFIX) :].partition(" ")
-    problem = _name_problem(name)
+    problem = key_name_problem(name)
     if problem is not None:
         raise NoteFormatError(f"signature line {number}: {problem}")
-    raw = _decode_base64(b64)
+    raw = decode_base64(b64)
     if raw is None or not b64:
         raise NoteFormatError(
             f"signature line {number} ({name}): signature is not canonical standard base64"
@@ -584,7 +323,7 @@ def sign_note(text: bytes, *signers: NoteSigner, existing: bytes | None = None) 
         raise NoteFormatError("a signed note needs at least one signer")
     slots: set[tuple[str, int]] = set()
     for signer in signers:
-        problem = _name_problem(signer.name)
+        problem = key_name_problem(signer.name)
         if problem is not None:
             raise NoteFormatError(f"cannot sign: {problem}")
         slot = (signer.name, signer.key_hash)

@@ -186,6 +186,12 @@ def test_non_canonical_or_out_of_range_tree_sizes_are_rejected(size_line: str) -
         Checkpoint.parse(f"log\n{size_line}\n{ROOT_B64}\n".encode())
 
 
+def test_a_tree_size_longer_than_int_conversion_allows_is_out_of_range() -> None:
+    # 5,001 digits: past Python's 4,300-digit int() limit, refused on its length.
+    with pytest.raises(CheckpointFormatError, match="out of range"):
+        Checkpoint.parse(f"log\n1{'0' * 5000}\n{ROOT_B64}\n".encode())
+
+
 @pytest.mark.parametrize(
     ("root_line", "reason"),
     [

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sealog.client.durable import fsync_path, write_durably
 from sealog.client.errors import SealogError
 
 __all__ = ["PendingEvent", "Spool", "SpoolError"]
@@ -64,14 +65,6 @@ def _parse_body(body: bytes) -> PendingEvent | None:
     return PendingEvent(body[1 + n :], key)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
     """An append-only file of events waiting for the log, and the offset of the first one.
 
@@ -114,7 +107,7 @@ class Spool:
         if size == 0:
             self._write_all(_SPOOL_MAGIC)
             os.fsync(self._fd)
-            _fsync_dir(self.path.parent)
+            fsync_path(self.path.parent)
             size = len(_SPOOL_MAGIC)
         elif os.pread(self._fd, len(_SPOOL_MAGIC), 0) != _SPOOL_MAGIC:
             raise SpoolError(f"spool {self.path}: not a sealog spool (no sealog-spool/v1 line)")
@@ -217,36 +210,23 @@ class Spool:
         self._write_offset(self.offset)
 
     def _write_offset(self, offset: int) -> None:
-        tmp = self._offset_path.with_name(self._offset_path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, f"{offset}\n".encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._offset_path)
-        _fsync_dir(self.path.parent)
+        write_durably(self._offset_path, f"{offset}\n".encode("ascii"), mode=0o600)
 
     def prepend(self, head: Sequence[PendingEvent]) -> None:
         """Rewrite the file as ``head`` followed by the unconfirmed records (used at close).
 
-        The offset is reset first: a crash in between replays records the log
-        already holds, which their idempotency keys make harmless.
+        The offset is reset first (once the new file is durable, before it
+        replaces the old): a crash in between replays records the log already
+        holds, which their idempotency keys make harmless.
         """
         rest, _ = self.read(self.pending)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            data = _SPOOL_MAGIC + b"".join(_record(item) for item in (*head, *rest))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._write_offset(len(_SPOOL_MAGIC))
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        data = _SPOOL_MAGIC + b"".join(_record(item) for item in (*head, *rest))
+        write_durably(
+            self.path,
+            data,
+            mode=0o600,
+            before_replace=lambda: self._write_offset(len(_SPOOL_MAGIC)),
+        )
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         self.offset = len(_SPOOL_MAGIC)

@@ -26,17 +26,16 @@ per bundle, so any changed byte is either malformed or fails verification.
 
 from __future__ import annotations
 
-import base64
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sealog.client._encoding import decode_base64, encode_base64, parse_decimal
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
 from sealog.client.cosignature import Cosignature
 from sealog.client.errors import BundleFormatError, FormatError, VerificationError
 from sealog.client.hashing import HASH_SIZE, leaf_hash
 from sealog.client.leaf import Leaf
-from sealog.client.note import NoteVerifier, _decode_base64, parse_note
+from sealog.client.note import NoteVerifier, parse_note
 from sealog.client.verify import verify_inclusion
 from sealog.client.witness_policy import WitnessPolicy
 
@@ -46,12 +45,7 @@ TLOG_PROOF_HEADER = b"c2sp.org/tlog-proof@v1"
 MAX_PROOF_HASHES = 63
 """An inclusion proof in a tree below 2^63 leaves has at most 63 hashes."""
 
-_DECIMAL = re.compile(rb"0|[1-9][0-9]{0,18}")
 _MAX_INDEX = 2**63 - 1
-
-
-def _b64(data: bytes) -> bytes:
-    return base64.b64encode(data)
 
 
 @dataclass(frozen=True)
@@ -104,9 +98,9 @@ class ProofBundle:
         """The bundle's text (tlog-proof "Format")."""
         lines = [TLOG_PROOF_HEADER]
         if self.extra is not None:
-            lines.append(b"extra " + _b64(self.extra))
+            lines.append(b"extra " + encode_base64(self.extra).encode("ascii"))
         lines.append(b"index %d" % self.index)
-        lines += [_b64(h) for h in self.inclusion_proof]
+        lines += [encode_base64(h).encode("ascii") for h in self.inclusion_proof]
         return b"\n".join(lines) + b"\n\n" + self.checkpoint
 
     @classmethod
@@ -133,12 +127,13 @@ class ProofBundle:
         if pos >= len(lines) or not lines[pos].startswith(b"index "):
             raise BundleFormatError("bundle: missing the 'index N' line")
         digits = lines[pos][len(b"index ") :]
-        if not _DECIMAL.fullmatch(digits) or int(digits) > _MAX_INDEX:
+        index = parse_decimal(digits, _MAX_INDEX)
+        if index is None:
             raise BundleFormatError(
                 f"bundle: index {digits[:24]!r} is not canonical ASCII decimal below 2^63"
             )
         proof = [_decode(line, f"proof line {i + 1}") for i, line in enumerate(lines[pos + 1 :])]
-        bundle = cls(int(digits), tuple(proof), note, extra)
+        bundle = cls(index, tuple(proof), note, extra)
         if bundle.to_bytes() != data:  # pragma: no cover - the checks above make it so
             raise BundleFormatError("bundle: not in canonical form")
         return bundle
@@ -188,7 +183,7 @@ class ProofBundle:
 
 def _decode(text: bytes, what: str) -> bytes:
     try:
-        decoded = _decode_base64(text.decode("ascii"))
+        decoded = decode_base64(text.decode("ascii"))
     except UnicodeDecodeError:
         decoded = None
     if decoded is None or not decoded:

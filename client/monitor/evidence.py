@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sealog.client._encoding import encode_base64
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.cosignature import CosignatureVerifier, verify_cosignatures
@@ -86,10 +87,6 @@ KINDS = (
 )
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def _unb64(value: object, what: str) -> bytes:
     if not isinstance(value, str):
         raise EvidenceFormatError(f"evidence: {what} must be a base64 string")
@@ -104,7 +101,7 @@ def _note_json(note: bytes) -> dict[str, str]:
     try:
         return {"text": note.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"base64": _b64(note)}
+        return {"base64": encode_base64(note)}
 
 
 def _note_from_json(value: object, what: str) -> bytes:
@@ -176,7 +173,7 @@ class Evidence:
             "log": {"origin": self.origin, "vkey": self.log_vkey, "target": self.target},
             "checkpoint": _note_json(self.checkpoint),
             "trusted_checkpoint": _note_json(self.trusted) if self.trusted else None,
-            "consistency_proof": [_b64(h) for h in self.consistency_proof],
+            "consistency_proof": [encode_base64(h) for h in self.consistency_proof],
             "computed": dict(self.computed),
         }
         if self.witness_vkey:
@@ -184,8 +181,8 @@ class Evidence:
         if self.kind == "root_mismatch":
             obj["audit"] = {
                 "start": self.audit_start,
-                "frontier": [_b64(h) for h in self.audit_frontier],
-                "leaves": [_b64(leaf) for leaf in self.audit_leaves],
+                "frontier": [encode_base64(h) for h in self.audit_frontier],
+                "leaves": [encode_base64(leaf) for leaf in self.audit_leaves],
             }
         return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
 
@@ -292,9 +289,9 @@ def evidence_of_inconsistency(
         computed={
             "reason": error.reason,
             "trusted_size": str(old.size),
-            "trusted_root": _b64(old.root_hash),
+            "trusted_root": encode_base64(old.root_hash),
             "size": str(new.size),
-            "root": _b64(new.root_hash),
+            "root": encode_base64(new.root_hash),
         },
     )
 
@@ -317,7 +314,7 @@ def evidence_of_entries_mismatch(
         trusted=trusted,
         consistency_proof=error.proof,
         summary=f"leaves [{error.start}, {end}) the log served do not lead to its signed root",
-        computed={"reason": error.reason, "calculated_root": _b64(error.calculated)},
+        computed={"reason": error.reason, "calculated_root": encode_base64(error.calculated)},
         audit_start=error.start,
         audit_frontier=error.frontier,
         audit_leaves=error.leaves,
@@ -355,7 +352,7 @@ def _open(
     cp = signed.checkpoint
     verdict.findings.append(
         f"{what}: signed by {verifier.name}+{verifier.key_hash:08x} (verified): "
-        f"size {cp.size}, root {_b64(cp.root_hash)}"
+        f"size {cp.size}, root {encode_base64(cp.root_hash)}"
     )
     return signed
 
@@ -603,7 +600,8 @@ def _check_root_mismatch(
     except SealogError as err:
         verdict.holds = True
         verdict.findings.append(
-            f"the leaves [{e.audit_start}, {end}) lead to root {_b64(root)} for size {end}, "
+            f"the leaves [{e.audit_start}, {end}) lead to root {encode_base64(root)} "
+            f"for size {end}, "
             f"which the proof does not connect to the signed root: {err}"
         )
         verdict.proves = (

@@ -34,7 +34,6 @@ import hashlib
 import http.client
 import logging
 import os
-import re
 import threading
 import time
 import urllib.parse
@@ -42,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sealog.client._encoding import decode_base64, parse_decimal
 from sealog.client.checkpoint import Checkpoint
 from sealog.client.cosignature import Cosigner
 from sealog.client.durable import write_durably
@@ -52,7 +52,7 @@ from sealog.client.errors import (
     UnverifiedNoteError,
     VerificationError,
 )
-from sealog.client.note import NoteSignature, NoteVerifier, _decode_base64, open_note, parse_note
+from sealog.client.note import NoteSignature, NoteVerifier, open_note, parse_note
 from sealog.client.verify import verify_consistency
 
 __all__ = [
@@ -76,7 +76,9 @@ MAX_PROOF_LINES = 63
 MAX_REQUEST_BYTES = 128 * 1024
 """Largest request body a witness reads: 63 proof lines and a note of up to 100 signatures."""
 
-_DECIMAL = re.compile(rb"0|[1-9][0-9]{0,19}")
+_MAX_OLD_FIELD = 10**20 - 1
+"""Largest ``old`` value parsed: 20 digits, as many as ``2**64 - 1`` has. A larger
+size than the checkpoint's is refused later, as ``old`` > size."""
 
 
 class WitnessError(SealogError):
@@ -112,15 +114,15 @@ class AddCheckpointRequest:
         if not sep:
             raise WitnessError(400, "request: no empty line before the checkpoint")
         lines = head.split(b"\n")
-        if not lines[0].startswith(b"old ") or not _DECIMAL.fullmatch(lines[0][4:]):
+        old = parse_decimal(lines[0][4:], _MAX_OLD_FIELD) if lines[0].startswith(b"old ") else None
+        if old is None:
             raise WitnessError(400, "request: first line must be 'old <size>' in ASCII decimal")
-        old = int(lines[0][4:])
         if len(lines) - 1 > MAX_PROOF_LINES:
             raise WitnessError(400, f"request: more than {MAX_PROOF_LINES} proof lines")
         proof = []
         for i, line in enumerate(lines[1:], 1):
             try:
-                h = _decode_base64(line.decode("ascii"))
+                h = decode_base64(line.decode("ascii"))
             except UnicodeDecodeError:
                 h = None
             if h is None or len(h) != 32:
