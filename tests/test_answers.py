@@ -39,6 +39,7 @@ from sealog.client.errors import (
 )
 from sealog.client.hashing import leaf_hash
 from sealog.client.leaf import Leaf
+from sealog.client.monitor.evidence import Evidence, check_evidence
 from sealog.client.note import Ed25519Signer
 from sealog.client.proof import subtree_nodes
 
@@ -587,3 +588,51 @@ def test_search_results_are_checked_for_identity_time_order_and_proof() -> None:
         search(6, LEAVES[6], after=7)
     with pytest.raises(RootMismatchError):
         search(6, leaf(6, b"rewritten"))
+
+
+# --- the offline re-check of full-audit evidence uses the same verifier ---------------
+def root_mismatch(start: int, leaves: Sequence[bytes], proof: Sequence[bytes]) -> Evidence:
+    tree = CompactRange()
+    tree.extend(leaf_hash(lf) for lf in LEAVES[:start])
+    return Evidence(
+        kind="root_mismatch",
+        origin=SIGNER.name,
+        log_vkey=VERIFIER.vkey,
+        checkpoint=CP.note,
+        consistency_proof=tuple(proof),
+        audit_start=start,
+        audit_frontier=tree.hashes,
+        audit_leaves=tuple(leaves),
+    )
+
+
+def test_root_mismatch_evidence_holds_exactly_when_the_audit_page_fails() -> None:
+    proof = consistency(TREE, 9, SIZE)
+    honest = check_evidence(root_mismatch(4, LEAVES[4:9], proof), VERIFIER)
+    assert not honest.holds and "reproduces fine" in honest.proves
+    edited = [*LEAVES[4:6], leaf(6, b"rewritten"), *LEAVES[7:9]]
+    verdict = check_evidence(root_mismatch(4, edited, proof), VERIFIER)
+    assert verdict.holds and verdict.proves.startswith("CONFIRMS: hashing these leaves")
+    assert "consistency proof from size 9 to 13" in verdict.findings[-1]
+    malformed = [*LEAVES[4:6], LEAVES[6][:-1], *LEAVES[7:9]]
+    verdict = check_evidence(root_mismatch(4, malformed, proof), VERIFIER)
+    assert verdict.holds and "leaf 6 is malformed: leaf: payload_length" in verdict.findings[-1]
+    assert "at index 6 is not a valid leaf" in verdict.proves
+    at_end = check_evidence(root_mismatch(9, [*LEAVES[9:12], leaf(12, b"x")], ()), VERIFIER)
+    assert at_end.holds and "is not the checkpoint's root" in at_end.findings[-1]
+
+
+def test_root_mismatch_evidence_outside_the_tree_does_not_hold() -> None:
+    for start, leaves in [(4, []), (9, [*LEAVES[9:], leaf(SIZE)])]:
+        verdict = check_evidence(root_mismatch(start, leaves, ()), VERIFIER)
+        assert not verdict.holds and "are not inside the checkpoint's tree" in verdict.proves
+    trusted = signed(LEAVES, 4)
+    forged = replace(
+        root_mismatch(4, LEAVES[4:9], consistency(TREE, 9, SIZE)), trusted=trusted.note
+    )
+    good = check_evidence(forged, VERIFIER)
+    assert not good.holds
+    assert any("from the trusted checkpoint of size 4" in f for f in good.findings)
+    wrong_frontier = replace(forged, audit_frontier=flipped(forged.audit_frontier, 0))
+    verdict = check_evidence(wrong_frontier, VERIFIER)
+    assert not verdict.holds and "does not match the trusted checkpoint" in verdict.proves
