@@ -3,7 +3,9 @@
 Checkpoints must carry a valid signature from the log's key (and name the
 log's origin); proofs are checked against them with :mod:`sealog.client.verify`;
 leaves are re-parsed and re-hashed. A server that lies gets a
-:class:`~sealog.client.errors.VerificationError`, never a wrong answer.
+:class:`~sealog.client.errors.VerificationError`, never a wrong answer. The
+checks themselves are the pure functions of :mod:`sealog.client.answers`:
+this module makes the calls and hands them what the log sent.
 
 Appends never duplicate and never lose an event: each entry carries an
 idempotency key (a random one unless the caller gives its own), and the
@@ -15,38 +17,48 @@ says when, waiting at least the delay the log asked for, and for how long.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
+from sealog.client.answers import (
+    DUPLICATE_CLOCK_SKEW_S,
+    AnsweredEntry,
+    AppendResult,
+    Entry,
+    InclusionProof,
+    Receipt,
+    verify_append_answer,
+    verify_audit_page,
+    verify_audited_tree,
+    verify_entries_complete,
+    verify_entries_page,
+    verify_entry,
+    verify_search_result,
+)
 from sealog.client.api_key import with_api_key
 from sealog.client.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.cosignature import Cosignature, CosignatureVerifier
 from sealog.client.display import escape
 from sealog.client.errors import (
-    EntriesMismatchError,
     FormatError,
     InconsistentCheckpointsError,
     VerificationError,
 )
-from sealog.client.hashing import leaf_hash as rfc6962_leaf_hash
-from sealog.client.leaf import MAX_IDENTITY_BYTES, Leaf
+from sealog.client.leaf import MAX_IDENTITY_BYTES
 from sealog.client.note import Ed25519Verifier, NoteVerifier
-from sealog.client.range_proof import VerifiedRange, verify_range
 from sealog.client.retry import RetryPolicy
 from sealog.client.verify import verify_consistency, verify_inclusion
 from sealog.client.witness_policy import WitnessPolicy
 from sealog.v1 import log_pb2, log_pb2_grpc
 
 __all__ = [
+    "DUPLICATE_CLOCK_SKEW_S",
     "AppendResult",
     "Entry",
     "InclusionProof",
@@ -55,86 +67,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-DUPLICATE_CLOCK_SKEW_S = 300.0
-"""Default bound on how far a log's clock may be behind the client's (docs/api.md)."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A leaf of the log, verified to be at ``index`` in some checkpoint's tree."""
-
-    index: int
-    leaf: bytes
-
-    @property
-    def leaf_hash(self) -> bytes:
-        """The RFC 6962 leaf hash."""
-        return rfc6962_leaf_hash(self.leaf)
-
-    def parse(self) -> Leaf:
-        """The leaf's fields (acceptance time, identity, payload)."""
-        return Leaf.parse(self.leaf)
-
-
-@dataclass(frozen=True)
-class InclusionProof:
-    """A verified inclusion proof: leaf ``index`` with ``leaf_hash`` is in ``checkpoint``'s tree."""
-
-    index: int
-    leaf_hash: bytes
-    proof: tuple[bytes, ...]
-    checkpoint: SignedCheckpoint
-
-    def verify(self) -> None:
-        """Re-check the proof against the checkpoint (offline)."""
-        cp = self.checkpoint.checkpoint
-        verify_inclusion(self.index, cp.size, self.leaf_hash, self.proof, cp.root_hash)
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """Proof that an appended event is in the log: its leaf, index, checkpoint and path."""
-
-    index: int
-    leaf: bytes
-    checkpoint: SignedCheckpoint
-    inclusion_proof: tuple[bytes, ...]
-    duplicate: bool = False
-    """True when this answers a retry: the event was already in the log at ``index``."""
-
-    def verify(self, verifier: NoteVerifier) -> None:
-        """Re-check everything offline: the checkpoint signature and the inclusion proof."""
-        signed = open_checkpoint(self.checkpoint.note, verifier)
-        cp = signed.checkpoint
-        _parse_leaf(self.leaf)
-        verify_inclusion(
-            self.index, cp.size, rfc6962_leaf_hash(self.leaf), self.inclusion_proof, cp.root_hash
-        )
-
-
-@dataclass(frozen=True)
-class AppendResult:
-    """The verified answer to a batch append. Receipts are derived on demand."""
-
-    checkpoint: SignedCheckpoint
-    entries: tuple[Entry, ...]
-    duplicates: tuple[bool, ...]
-    _proofs: dict[int, tuple[bytes, ...]]
-    _range: VerifiedRange | None
-
-    def receipt(self, i: int) -> Receipt:
-        """The receipt of the ``i``-th entry of the request, with its inclusion proof."""
-        entry = self.entries[i]
-        proof = self._proofs.get(entry.index)
-        if proof is None:
-            assert self._range is not None
-            proof = tuple(self._range.inclusion_proof(entry.index))
-        return Receipt(entry.index, entry.leaf, self.checkpoint, proof, self.duplicates[i])
-
-    def receipts(self) -> list[Receipt]:
-        """Every entry's receipt, in request order."""
-        return [self.receipt(i) for i in range(len(self.entries))]
-
 
 T = TypeVar("T")
 
@@ -356,123 +288,23 @@ class LogClient:
         """Verify an Append answer; ``generated[i]`` says this client made entry i's
         key up for this call (first sent at ``sent_ms``, this machine's clock)."""
         signed = self._open(response.checkpoint)
-        cp = signed.checkpoint
-        if len(response.entries) != len(payloads):
-            raise VerificationError(
-                f"append answered {len(response.entries)} entries for {len(payloads)} sent"
-            )
-        entries: list[Entry] = []
-        duplicates: list[bool] = []
-        proofs: dict[int, tuple[bytes, ...]] = {}
-        new_hashes: list[bytes] = []
-        parsed: list[Leaf] = []
-        start, end = response.start, response.end
-        for i, (e, payload) in enumerate(zip(response.entries, payloads, strict=True)):
-            leaf = _parse_leaf(e.leaf)
-            parsed.append(leaf)
-            if leaf.payload != payload:
-                raise VerificationError(
-                    f"entry {i}: the log answered a leaf with another payload"
-                    + (" (idempotency key reused for a different event?)" if e.duplicate else "")
-                )
-            entries.append(Entry(e.index, e.leaf))
-            duplicates.append(e.duplicate)
-            lh = rfc6962_leaf_hash(e.leaf)
-            if e.duplicate:
-                verify_inclusion(e.index, cp.size, lh, e.inclusion_proof, cp.root_hash)
-                proofs[e.index] = tuple(e.inclusion_proof)
-            else:
-                if e.index != start + len(new_hashes):
-                    raise VerificationError(
-                        f"entry {i}: index {e.index}, want {start + len(new_hashes)} "
-                        "(new entries take consecutive indices)"
-                    )
-                new_hashes.append(lh)
-        self._check_duplicates(response.entries, parsed, generated, sent_ms)
-        verified = None
-        if new_hashes:
-            if start + len(new_hashes) != end:
-                raise VerificationError(
-                    f"append answered range [{start}, {end}) for {len(new_hashes)} new entries"
-                )
-            proof = response.range_proof
-            verified = verify_range(
-                start,
-                new_hashes,
-                cp.size,
-                cp.root_hash,
-                proof.left_frontier,
-                proof.consistency_proof,
-            )
-        return AppendResult(signed, tuple(entries), tuple(duplicates), proofs, verified)
-
-    def _check_duplicates(
-        self,
-        entries: Sequence[log_pb2.AppendedEntry],
-        leaves: Sequence[Leaf],
-        generated: Sequence[bool],
-        sent_ms: int,
-    ) -> None:
-        """Reject an answer that calls an entry a duplicate when no retry of ours can
-        have made it one (docs/api.md, "Duplicate answers"): the receipt would vouch
-        for an event the log may never have recorded.
-
-        - Every leaf of one answer carries one identity, the one the log
-          established for this call (``self.identity`` if set): keys are scoped
-          to the identity, so a duplicate's leaf carries the caller's identity.
-        - For a key this client generated, only an earlier attempt of this very
-          call can have used it: all such entries are duplicates or none is, and
-          the duplicates were accepted together (one time, indices in request
-          order), no earlier than ``sent_ms`` less ``clock_skew_s``.
-        """
-        identities = {leaf.identity for leaf in leaves}
-        if self.identity is not None and identities != {self.identity}:
-            wrong = next(i for i, leaf in enumerate(leaves) if leaf.identity != self.identity)
-            raise VerificationError(
-                f"entry {wrong}: the log stamped identity {leaves[wrong].identity!r}, "
-                f"this client authenticates as {self.identity!r}"
-                + (" (a duplicate of someone else's event?)" if entries[wrong].duplicate else "")
-            )
-        if len(identities) > 1:
-            other = next(i for i, leaf in enumerate(leaves) if leaf.identity != leaves[0].identity)
-            raise VerificationError(
-                f"entries 0 and {other}: the log stamped identities {leaves[0].identity!r} "
-                f"and {leaves[other].identity!r} into one answer: every leaf of an append, "
-                "a duplicate too (keys belong to one identity), carries the caller's identity"
-            )
-        mine = [i for i, g in enumerate(generated) if g]
-        dups = [i for i in mine if entries[i].duplicate]
-        if not dups:
-            return
-        if len(dups) != len(mine):
-            fresh = next(i for i in mine if not entries[i].duplicate)
-            raise VerificationError(
-                f"entry {dups[0]}: the log answered duplicate=true for a key this client "
-                f"generated for this call, but entry {fresh} (also a generated key) as new: "
-                "an earlier attempt of the call would have logged both"
-            )
-        not_before = sent_ms - int(self.clock_skew_s * 1000)
-        for i in dups:
-            accepted = leaves[i].accepted_at_ms
-            if accepted < not_before:
-                raise VerificationError(
-                    f"entry {i}: the log answered duplicate=true with a leaf accepted at "
-                    f"{accepted} ms, {sent_ms - accepted} ms before this append was first "
-                    f"sent (clock skew tolerance {self.clock_skew_s:g} s), for an "
-                    "idempotency key this client generated for it: no attempt of this "
-                    "call can have logged that leaf, so this event may not be in the log"
-                )
-        first = dups[0]
-        for before, i in itertools.pairwise(dups):
-            if (
-                leaves[i].accepted_at_ms != leaves[first].accepted_at_ms
-                or entries[i].index <= entries[before].index
-            ):
-                raise VerificationError(
-                    f"entries {before} and {i}: duplicates of keys this client generated "
-                    "for this call, but not of one earlier attempt (another acceptance "
-                    "time, or out of order)"
-                )
+        proof = response.range_proof
+        return verify_append_answer(
+            signed,
+            payloads,
+            [
+                AnsweredEntry(e.index, e.leaf, e.duplicate, tuple(e.inclusion_proof))
+                for e in response.entries
+            ],
+            start=response.start,
+            end=response.end,
+            left_frontier=tuple(proof.left_frontier),
+            consistency_proof=tuple(proof.consistency_proof),
+            generated=generated,
+            sent_ms=sent_ms,
+            identity=self.identity,
+            clock_skew_s=self.clock_skew_s,
+        )
 
     # --- checkpoints and proofs ----------------------------------------------
     def checkpoint(
@@ -607,65 +439,20 @@ class LogClient:
                 "want tree.size <= end <= checkpoint size"
             )
         if tree.size == end:
-            if end == cp.size and tree.root() != cp.root_hash:
-                raise EntriesMismatchError(
-                    checkpoint.note,
-                    tree.size,
-                    tree.hashes,
-                    (),
-                    (),
-                    tree.root(),
-                    f"the audited tree of size {end} has another root than the checkpoint",
-                )
+            verify_audited_tree(tree, checkpoint)
             return
-        current = tree.copy()
-        sha256 = hashlib.sha256
+        current = tree
         for page in self._entries_pages(tree.size, end, cp.size, page_size):
-            if page.start != current.size or not page.leaves or page.start + len(page.leaves) > end:
-                raise VerificationError(
-                    f"GetEntries page starts at {page.start} with {len(page.leaves)} leaves, "
-                    f"want a page at {current.size} ending by {end}"
-                )
-            before = current.copy()
-            proof = tuple(page.range_proof.consistency_proof)
-            reason = ""
-            for leaf in page.leaves:
-                problem = _leaf_problem(leaf)
-                if problem:
-                    reason = f"leaf {current.size} is malformed: {problem}"
-                    break
-                current.append(sha256(b"\x00" + leaf).digest())
-            root = current.root()
-            if not reason:
-                try:
-                    if current.size == cp.size:
-                        if proof:
-                            raise VerificationError(
-                                f"page ends at the checkpoint's size but has {len(proof)} "
-                                "consistency hashes, want 0"
-                            )
-                        if root != cp.root_hash:
-                            raise VerificationError(
-                                f"the root of the first {current.size} leaves is not the "
-                                "checkpoint's root"
-                            )
-                    else:
-                        verify_consistency(current.size, cp.size, root, cp.root_hash, proof)
-                except VerificationError as e:
-                    reason = str(e)
-            if reason:
-                raise EntriesMismatchError(
-                    checkpoint.note,
-                    before.size,
-                    before.hashes,
-                    tuple(page.leaves),
-                    proof,
-                    root,
-                    reason,
-                )
+            current = verify_audit_page(
+                current,
+                checkpoint,
+                page.start,
+                tuple(page.leaves),
+                tuple(page.range_proof.consistency_proof),
+                end=end,
+            )
             yield current.copy()
-        if current.size != end:
-            raise VerificationError(f"GetEntries stopped at {current.size}, want {end}")
+        verify_entries_complete(current.size, end)
 
     def _at(self, checkpoint: SignedCheckpoint | None) -> SignedCheckpoint:
         return checkpoint if checkpoint is not None else self.checkpoint()
@@ -703,12 +490,7 @@ class LogClient:
             self._stub.GetEntryAndProof,
             log_pb2.GetEntryAndProofRequest(leaf_index=index, tree_size=cp.size),
         )
-        _parse_leaf(response.leaf)
-        lh = rfc6962_leaf_hash(response.leaf)
-        verify_inclusion(index, cp.size, lh, response.inclusion_proof, cp.root_hash)
-        return Entry(index, response.leaf), InclusionProof(
-            index, lh, tuple(response.inclusion_proof), signed
-        )
+        return verify_entry(signed, index, response.leaf, tuple(response.inclusion_proof))
 
     def entries(
         self,
@@ -732,28 +514,18 @@ class LogClient:
     ) -> Iterator[Entry]:
         expected = start
         for page in self._entries_pages(start, end, cp.size, page_size):
-            # The whole page is checked (where it starts, how many leaves, the window
-            # asked for, the proof) before any of its leaves is yielded.
-            if page.start != expected or not page.leaves or expected + len(page.leaves) > end:
-                raise VerificationError(
-                    f"GetEntries page starts at {page.start} with {len(page.leaves)} leaves, "
-                    f"want a page at {expected} ending by {end}"
-                )
-            for leaf in page.leaves:
-                _parse_leaf(leaf)
-            verify_range(
+            proof = page.range_proof
+            yield from verify_entries_page(
+                cp,
                 page.start,
-                [rfc6962_leaf_hash(leaf) for leaf in page.leaves],
-                cp.size,
-                cp.root_hash,
-                page.range_proof.left_frontier,
-                page.range_proof.consistency_proof,
+                tuple(page.leaves),
+                tuple(proof.left_frontier),
+                tuple(proof.consistency_proof),
+                next_index=expected,
+                end=end,
             )
-            for i, leaf in enumerate(page.leaves):
-                yield Entry(page.start + i, leaf)
             expected += len(page.leaves)
-        if expected != end:
-            raise VerificationError(f"GetEntries stopped at {expected}, want {end}")
+        verify_entries_complete(expected, end)
 
     def search(
         self,
@@ -790,24 +562,18 @@ class LogClient:
                 ),
             )
             for r in response.results:
-                leaf = _parse_leaf(r.leaf)
-                if r.index < start:
-                    raise VerificationError(
-                        f"SearchEntries answered index {r.index}, want >= {start} (in order)"
-                    )
-                if leaf.identity != identity or not (
-                    since_ms <= leaf.accepted_at_ms
-                    and (not until_ms or leaf.accepted_at_ms <= until_ms)
-                ):
-                    raise VerificationError(
-                        f"SearchEntries answered leaf {r.index} of identity {leaf.identity!r} "
-                        f"at {leaf.accepted_at_ms} ms, which does not match the search"
-                    )
-                verify_inclusion(
-                    r.index, cp.size, rfc6962_leaf_hash(r.leaf), r.inclusion_proof, cp.root_hash
+                entry = verify_search_result(
+                    cp,
+                    r.index,
+                    r.leaf,
+                    tuple(r.inclusion_proof),
+                    identity=identity,
+                    since_ms=since_ms,
+                    until_ms=until_ms,
+                    next_index=start,
                 )
                 start = r.index + 1
-                yield Entry(r.index, r.leaf)
+                yield entry
             if not response.next_start_index:
                 return
             if response.next_start_index < start:
@@ -818,42 +584,6 @@ class LogClient:
         """Ask the log to re-read its access policy (admin role); returns (identities, API keys)."""
         response = self._call(self._stub.ReloadPolicy, log_pb2.ReloadPolicyRequest())
         return response.identities, response.api_keys
-
-
-def _parse_leaf(data: bytes) -> Leaf:
-    """Parse a leaf the log sent; a malformed one is the log's failure to verify."""
-    try:
-        return Leaf.parse(data)
-    except FormatError as e:
-        raise VerificationError(f"the log answered a malformed leaf: {e}") from e
-
-
-def _leaf_problem(leaf: bytes) -> str:
-    """Why ``leaf`` is not a valid v1 leaf (docs/leaf-format.md), or ``""``.
-
-    The same rules as :meth:`Leaf.parse`, without building the object: a full
-    audit re-parses every leaf, and this is its inner loop.
-    """
-    n = len(leaf)
-    if n >= 15 and leaf[0] == 1:
-        identity_end = 11 + int.from_bytes(leaf[9:11], "big")
-        if (
-            identity_end - 11 <= MAX_IDENTITY_BYTES
-            and n >= identity_end + 4
-            and n == identity_end + 4 + int.from_bytes(leaf[identity_end : identity_end + 4], "big")
-        ):
-            if identity_end == 11:
-                return ""
-            try:
-                leaf[11:identity_end].decode("utf-8")
-                return ""
-            except UnicodeDecodeError:
-                pass
-    try:
-        Leaf.parse(leaf)
-    except FormatError as e:
-        return str(e)
-    return ""
 
 
 def _log_retry(error: grpc.RpcError, attempt: int, attempts: int, wait: float) -> None:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -49,7 +48,7 @@ from sealog.client.checkpoint import Checkpoint, sign_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.errors import LeafFormatError
 from sealog.client.hashing import leaf_hash
-from sealog.client.leaf import MAX_PAYLOAD_BYTES, Leaf
+from sealog.client.leaf import MAX_PAYLOAD_BYTES, Leaf, leaf_bytes, leaf_header
 from sealog.client.note import NoteSigner
 from sealog.server.config import Settings
 from sealog.server.errors import (
@@ -151,9 +150,6 @@ _CLOCK_RECHECK_S = 1.0
 
 def _system_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-_PAYLOAD_LENGTH = struct.Struct(">I")
 
 
 @dataclass
@@ -639,7 +635,7 @@ class Sequencer:
                 continue
             index = tree.size
             payload = item.payload
-            leaf = head + _PAYLOAD_LENGTH.pack(len(payload)) + payload
+            leaf = leaf_bytes(head, payload)
             hashed = leaf_hash(leaf)
             w.append_leaf(index, leaf, tree.append(hashed), digest)
             if self._last_leaf != run:
@@ -662,7 +658,7 @@ class Sequencer:
         it repeats entry ``j`` of this request — and the stored leaf it repeats.
         """
         try:
-            head = Leaf(now, r.identity, b"").to_bytes()[: -_PAYLOAD_LENGTH.size]
+            head = leaf_header(now, r.identity)
         except (LeafFormatError, UnicodeError) as e:
             raise InvalidArgumentError(
                 f"the caller's identity ({len(r.identity)} characters) cannot be stamped "

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sealog.client.errors import LeafFormatError
-from sealog.client.leaf import MAX_IDENTITY_BYTES, Leaf
+from sealog.client.leaf import MAX_IDENTITY_BYTES, Leaf, leaf_bytes, leaf_header, leaf_problem
 
 identities = st.text(max_size=40).filter(lambda s: len(s.encode()) <= MAX_IDENTITY_BYTES)
 
@@ -67,3 +67,43 @@ def test_constructor_bounds() -> None:
         Leaf(-1, "", b"")
     with pytest.raises(LeafFormatError):
         Leaf(0, "x" * (MAX_IDENTITY_BYTES + 1), b"")
+
+
+@given(st.integers(0, 2**64 - 1), identities, st.binary(max_size=300))
+def test_a_header_and_a_payload_make_the_same_leaf(ms: int, identity: str, payload: bytes) -> None:
+    assert leaf_bytes(leaf_header(ms, identity), payload) == Leaf(ms, identity, payload).to_bytes()
+
+
+def test_a_header_refuses_what_a_leaf_refuses() -> None:
+    with pytest.raises(LeafFormatError, match="accepted_at_ms: -1"):
+        leaf_header(-1, "")
+    with pytest.raises(LeafFormatError, match="identity: longer than 1024 bytes"):
+        leaf_header(0, "x" * (MAX_IDENTITY_BYTES + 1))
+    with pytest.raises(UnicodeEncodeError):
+        leaf_header(0, "\udc80")
+
+
+def _parse_problem(data: bytes) -> str:
+    try:
+        Leaf.parse(data)
+    except LeafFormatError as e:
+        return str(e)
+    return ""
+
+
+@given(st.binary(max_size=64))
+def test_leaf_problem_says_what_parse_says(data: bytes) -> None:
+    assert leaf_problem(data) == _parse_problem(data)
+
+
+@given(st.integers(0, 2**64 - 1), identities, st.binary(max_size=40), st.data())
+def test_leaf_problem_says_what_parse_says_of_edited_leaves(
+    ms: int, identity: str, payload: bytes, data: st.DataObject
+) -> None:
+    leaf = bytearray(Leaf(ms, identity, payload).to_bytes())
+    assert leaf_problem(bytes(leaf)) == ""
+    at = data.draw(st.integers(0, len(leaf) - 1))
+    leaf[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(leaf) + 2))
+    edited = bytes(leaf[:cut]) + data.draw(st.binary(max_size=2))
+    assert leaf_problem(edited) == _parse_problem(edited)

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from sealog.client._encoding import encode_base64
+from sealog.client.answers import malformed_leaf, verify_audit_page, verify_audited_tree
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.cosignature import CosignatureVerifier, verify_cosignatures
@@ -58,9 +59,8 @@ from sealog.client.errors import (
     InconsistentCheckpointsError,
     InvalidSignatureError,
     SealogError,
+    VerificationError,
 )
-from sealog.client.hashing import leaf_hash
-from sealog.client.leaf import Leaf
 from sealog.client.note import NoteVerifier
 from sealog.client.verify import verify_consistency
 
@@ -570,44 +570,41 @@ def _check_root_mismatch(
     if e.trusted:
         trusted = _open(e.trusted, verifier, origin, "trusted checkpoint", verdict)
         if trusted is not None and trusted.checkpoint.size == tree.size:
-            if trusted.checkpoint.root_hash != tree.root():
+            try:
+                verify_audited_tree(tree, trusted)
+            except EntriesMismatchError:
                 verdict.proves = "The frontier does not match the trusted checkpoint's root."
                 return
             anchor = f"the trusted checkpoint of size {tree.size}"
     verdict.findings.append(f"frontier of the first {tree.size} leaves: from {anchor}")
     end = tree.size + len(e.audit_leaves)
-    if not tree.size < end <= cp.size:
-        verdict.proves = (
-            f"The leaves [{tree.size}, {end}) are not inside the checkpoint's tree of {cp.size}."
-        )
-        return
-    for i, leaf in enumerate(e.audit_leaves, tree.size):
-        try:
-            Leaf.parse(leaf)
-        except FormatError as err:
-            verdict.holds = True
-            verdict.findings.append(f"leaf {i} is malformed: {err}")
+    try:
+        verify_audit_page(tree, signed, tree.size, e.audit_leaves, e.consistency_proof)
+    except EntriesMismatchError as err:
+        verdict.holds = True
+        bad = malformed_leaf(tree.size, e.audit_leaves)
+        if bad is not None:
+            i, problem = bad
+            verdict.findings.append(f"leaf {i} is malformed: {problem}")
             verdict.proves = (
                 f"CONFIRMS: the leaf the monitor received at index {i} is not a valid leaf, "
                 "so it cannot be the entry the log signed. Leaves are not signed: this shows "
                 "what the monitor received, not what the server holds."
             )
             return
-        tree.append(leaf_hash(leaf))
-    root = tree.root()
-    try:
-        verify_consistency(tree.size, cp.size, root, cp.root_hash, e.consistency_proof)
-    except SealogError as err:
-        verdict.holds = True
         verdict.findings.append(
-            f"the leaves [{e.audit_start}, {end}) lead to root {encode_base64(root)} "
-            f"for size {end}, "
-            f"which the proof does not connect to the signed root: {err}"
+            f"the leaves [{e.audit_start}, {end}) lead to root {encode_base64(err.calculated)} "
+            f"for size {end}, which the proof does not connect to the signed root: {err.reason}"
         )
         verdict.proves = (
             f"CONFIRMS: hashing these leaves onto the audited tree does not give the tree the "
             f"log signed at size {cp.size}. If the log served them (the monitor says so; "
             "leaves carry no signature), its stored entries do not match its signed tree."
+        )
+        return
+    except VerificationError:
+        verdict.proves = (
+            f"The leaves [{tree.size}, {end}) are not inside the checkpoint's tree of {cp.size}."
         )
         return
     verdict.findings.append("the leaves lead to the signed root")
