@@ -32,17 +32,14 @@ from sealog.client.leaf import Leaf
 from sealog.client.note import NoteVerifier
 from sealog.client.progress import Progress
 from sealog.client.proof import NodeID
+from sealog.server.lmdb_layout import GROUP_NODES, is_stored, node_at, stored_before
 from sealog.server.storage import (
     FORMAT_VERSION,
-    GROUP_NODES,
     META_FORMAT,
     META_ORIGIN,
     ReadSnapshot,
     StorageCorruptError,
     identity_prefix,
-    is_stored,
-    node_at,
-    stored_before,
 )
 
 __all__ = ["FsckReport", "fsck"]
