@@ -1,7 +1,12 @@
 """What the log needs from storage: read snapshots and atomic, durable write batches.
 
-Where each node hash is stored is the backend's business (for LMDB,
-:mod:`sealog.server.lmdb_layout`).
+Two read contracts: :class:`ReadSnapshot` is what the log reads to serve
+(checkpoints, proofs, entries, search, lookups in the indexes), and
+:class:`TableScan` walks every record of each table as stored, malformed ones
+included, for fsck (:mod:`sealog.server.fsck`) to check against the entries.
+:class:`FsckSnapshot` is both; a :class:`WriteBatch` reads as a
+:class:`ReadSnapshot`. Where each node hash is stored is the backend's
+business (for LMDB, :mod:`sealog.server.lmdb_layout`).
 
 The signed checkpoint and the size of its tree are written in the same batch
 as the leaves they cover, so a snapshot's checkpoint always describes exactly
@@ -34,11 +39,13 @@ __all__ = [
     "META_INDEXED_UPTO",
     "META_ORIGIN",
     "META_SIZE",
+    "FsckSnapshot",
     "ReadSnapshot",
     "RetryBatchError",
     "Storage",
     "StorageCorruptError",
     "StorageUnavailableError",
+    "TableScan",
     "WriteBatch",
     "identity_prefix",
 ]
@@ -80,7 +87,8 @@ def identity_prefix(identity: str) -> bytes:
 
 
 class ReadSnapshot(Protocol):
-    """A consistent view of the log at one moment (one read transaction)."""
+    """A consistent view of the log at one moment (one read transaction): what the log
+    reads to serve and to check itself at start-up."""
 
     def checkpoint(self) -> bytes | None:
         """The latest signed checkpoint note, or None for a log never written."""
@@ -92,6 +100,18 @@ class ReadSnapshot(Protocol):
 
     def indexed_upto(self) -> int:
         """The leaf-hash and idempotency indexes hold every leaf below this index."""
+        ...
+
+    def meta(self, key: bytes) -> bytes | None:
+        """A value from the metadata table."""
+        ...
+
+    def cosignatures(self) -> bytes | None:
+        """The stored witness cosignatures (:mod:`sealog.server.cosignatures`), or None."""
+        ...
+
+    def stored_size(self) -> int:
+        """How many leaves are stored (one past the highest leaf index), from the records."""
         ...
 
     def read_hashes(self, nodes: Sequence[NodeID]) -> list[bytes]:
@@ -124,11 +144,6 @@ class ReadSnapshot(Protocol):
         :meth:`find_leaf_hash` about leaves not indexed yet)."""
         ...
 
-    def iter_leaf_hashes(self, start: int, end: int) -> Iterator[tuple[int, bytes | None]]:
-        """``(index, stored leaf hash)`` of leaves ``[start, end)`` in order; None where
-        the hash is missing or malformed (fsck reports it, readers raise)."""
-        ...
-
     def iter_pending_index(self, start: int, end: int) -> Iterator[tuple[int, bytes, bytes | None]]:
         """``(index, leaf hash, key digest or None)`` of leaves ``[start, end)``, in order:
         what the indexes must hold for them, read from the stored leaf hashes and the
@@ -144,44 +159,53 @@ class ReadSnapshot(Protocol):
         ``start_ms``, else the first one after. Candidates only: the prefix may collide."""
         ...
 
-    def meta(self, key: bytes) -> bytes | None:
-        """A value from the metadata table."""
-        ...
 
-    def stored_size(self) -> int:
-        """How many leaves are stored (one past the highest leaf index), from the records."""
-        ...
+class TableScan(Protocol):
+    """Every record of each table, in key order, as stored: what fsck checks.
+
+    Where a reader of :class:`ReadSnapshot` raises at a missing or malformed
+    record, these name it (a placeholder value) and go on, so that one pass
+    reports every problem.
+    """
 
     def iter_entries(self) -> Iterator[tuple[int, bytes]]:
-        """Every stored (index, leaf) record in index order, gaps and all (for fsck)."""
+        """Every stored (index, leaf) record in index order, gaps and all."""
         ...
 
     def iter_hash_records(self) -> Iterator[tuple[int, bytes]]:
-        """Every stored ``(group, value)`` of the ``hashes`` table in order (for fsck);
-        group -1 for a malformed key."""
+        """Every stored ``(group, value)`` of the ``hashes`` table in order; group -1
+        for a malformed key."""
+        ...
+
+    def iter_leaf_hashes(self, start: int, end: int) -> Iterator[tuple[int, bytes | None]]:
+        """``(index, stored leaf hash)`` of leaves ``[start, end)`` in order; None where
+        the hash is missing or malformed."""
         ...
 
     def iter_leaf_index(self) -> Iterator[tuple[bytes, int]]:
-        """Every (leaf hash prefix, index) record of the leaf-hash index (for fsck)."""
+        """Every (leaf hash prefix, index) record of the leaf-hash index; index -1 (and
+        the raw record) for a malformed one."""
         ...
 
     def iter_idempotency(self) -> Iterator[tuple[bytes, int]]:
-        """Every (key digest, index) record of the idempotency index (for fsck); index -1
-        (and the raw record) for a malformed one."""
+        """Every (key digest, index) record of the idempotency index; index -1 (and the
+        raw record) for a malformed one."""
         ...
 
     def iter_pending_digests(self) -> Iterator[tuple[int, bytes]]:
-        """Every kept ``(leaf index, key digest)`` of leaves not indexed yet, in order (for
-        fsck); :class:`StorageCorruptError` at a malformed record."""
+        """Every kept ``(leaf index, key digest)`` of leaves not indexed yet, in order;
+        :class:`StorageCorruptError` at a malformed record."""
         ...
 
     def iter_identity_index(self) -> Iterator[tuple[bytes, int, int]]:
-        """Every (identity prefix, accepted_at_ms, first index) record of the index by identity."""
+        """Every (identity prefix, accepted_at_ms, first index) record of the index by
+        identity; ``-1, -1`` (and the raw record) for a malformed one."""
         ...
 
-    def cosignatures(self) -> bytes | None:
-        """The stored witness cosignatures (:mod:`sealog.server.cosignatures`), or None."""
-        ...
+
+class FsckSnapshot(ReadSnapshot, TableScan, Protocol):
+    """What fsck reads: the tables record by record, and the log's own reads, whose
+    answers it checks against them."""
 
 
 class WriteBatch(ReadSnapshot, Protocol):
