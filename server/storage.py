@@ -4,9 +4,10 @@ Two read contracts: :class:`ReadSnapshot` is what the log reads to serve
 (checkpoints, proofs, entries, search, lookups in the indexes), and
 :class:`TableScan` walks every record of each table as stored, malformed ones
 included, for fsck (:mod:`sealog.server.fsck`) to check against the entries.
-:class:`FsckSnapshot` is both; a :class:`WriteBatch` reads as a
-:class:`ReadSnapshot`. Where each node hash is stored is the backend's
-business (for LMDB, :mod:`sealog.server.lmdb_layout`).
+:class:`FsckSnapshot` is both. A :class:`WriteBatch` reads as a
+:class:`ReadSnapshot`; only the sequencer opens one
+(:mod:`sealog.server.sequencer`). Where each node hash is stored is the
+backend's business (for LMDB, :mod:`sealog.server.lmdb_layout`).
 
 The signed checkpoint and the size of its tree are written in the same batch
 as the leaves they cover, so a snapshot's checkpoint always describes exactly
@@ -270,7 +271,9 @@ class Storage(Protocol):
     def write(self) -> AbstractContextManager[WriteBatch]:
         """Open the write batch; it commits durably when the block exits without error.
 
-        Raises :class:`StorageUnavailableError` if the commit fails, and
+        Precondition: called on the sequencer's writer thread, the one thread that
+        writes a log (:mod:`sealog.server.sequencer`). Raises
+        :class:`StorageUnavailableError` if the commit fails, and
         :class:`RetryBatchError` if it should simply be run again; either way
         nothing of the batch is stored.
         """
