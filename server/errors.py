@@ -11,6 +11,7 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
+    "ProofPreconditionError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -40,6 +41,14 @@ class AlreadyExistsError(LogError):
 
 class OutOfRangeError(LogError):
     """A tree size or index the log has not reached (yet)."""
+
+
+class ProofPreconditionError(LogError):
+    """Sizes or indexes for which no proof exists (RFC 6962 §2.1.1, §2.1.2): a leaf index
+    not below the tree size, a first tree size of 0 or above the second, an empty range.
+
+    The message is the rule broken, as :mod:`sealog.client.proof` states it.
+    """
 
 
 class NotFoundError(LogError):

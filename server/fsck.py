@@ -32,17 +32,16 @@ from sealog.client.leaf import Leaf
 from sealog.client.note import NoteVerifier
 from sealog.client.progress import Progress
 from sealog.client.proof import NodeID
+from sealog.server.lmdb_layout import GROUP_NODES, is_stored, node_at, stored_before
 from sealog.server.storage import (
     FORMAT_VERSION,
-    GROUP_NODES,
     META_FORMAT,
     META_ORIGIN,
+    FsckSnapshot,
     ReadSnapshot,
     StorageCorruptError,
+    TableScan,
     identity_prefix,
-    is_stored,
-    node_at,
-    stored_before,
 )
 
 __all__ = ["FsckReport", "fsck"]
@@ -81,7 +80,7 @@ def _hex(data: bytes) -> str:
 
 
 def fsck(
-    snapshot: ReadSnapshot,
+    snapshot: FsckSnapshot,
     verifier: NoteVerifier,
     *,
     origin: str | None = None,
@@ -223,7 +222,7 @@ class _StoredHashes:
 
 
 def _check_tree(
-    snapshot: ReadSnapshot,
+    snapshot: TableScan,
     report: FsckReport,
     root: bytes | None,
     progress: bool,
@@ -395,7 +394,7 @@ class _IdentityRecords:
             )
 
 
-def _check_indexes(snapshot: ReadSnapshot, report: FsckReport) -> None:
+def _check_indexes(snapshot: FsckSnapshot, report: FsckReport) -> None:
     n = report.stored_size
     upto = min(report.indexed_upto, n)
     for prefix, index in snapshot.iter_leaf_index():
@@ -417,7 +416,7 @@ def _check_indexes(snapshot: ReadSnapshot, report: FsckReport) -> None:
     _check_identity_index(snapshot, report, n)
 
 
-def _check_idempotency(snapshot: ReadSnapshot, report: FsckReport, n: int) -> None:
+def _check_idempotency(snapshot: TableScan, report: FsckReport, n: int) -> None:
     """Every record names a stored leaf; no digest names two leaves, no leaf has two digests."""
     named = bytearray((n + 7) // 8)
     previous: tuple[bytes, int] | None = None
@@ -440,7 +439,7 @@ def _check_idempotency(snapshot: ReadSnapshot, report: FsckReport, n: int) -> No
         previous = digest, index
 
 
-def _check_pending_digests(snapshot: ReadSnapshot, report: FsckReport, n: int, upto: int) -> None:
+def _check_pending_digests(snapshot: FsckSnapshot, report: FsckReport, n: int, upto: int) -> None:
     """The key digests kept for leaves not indexed yet: each names a stored leaf, no two
     leaves share one, and those below ``indexed_upto`` are in the index."""
     missing = 0
@@ -474,7 +473,7 @@ def _check_pending_digests(snapshot: ReadSnapshot, report: FsckReport, n: int, u
         report.add(f"idempotency: no record for {missing} key digests (first: leaf {first})")
 
 
-def _check_leaf_index_completeness(snapshot: ReadSnapshot, report: FsckReport, upto: int) -> None:
+def _check_leaf_index_completeness(snapshot: FsckSnapshot, report: FsckReport, upto: int) -> None:
     """Every leaf below ``upto`` is in the leaf-hash index."""
     missing = 0
     first = -1
@@ -492,7 +491,7 @@ def _check_leaf_index_completeness(snapshot: ReadSnapshot, report: FsckReport, u
         report.add(f"leaf_index: no record for {missing} leaves (first: index {first})")
 
 
-def _check_identity_index(snapshot: ReadSnapshot, report: FsckReport, n: int) -> None:
+def _check_identity_index(snapshot: FsckSnapshot, report: FsckReport, n: int) -> None:
     """Every record of the index by identity names the first leaf of a run of that
     identity and time."""
     for prefix, ms, index in snapshot.iter_identity_index():

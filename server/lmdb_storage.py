@@ -6,10 +6,10 @@ uint64 so LMDB's key order is index order and appends can use ``append=True``
 
 - ``entries``: leaf index -> leaf bytes
 - ``hashes``: group number -> sorted duplicates of a 1-byte slot and a 32-byte
-  node hash, :data:`~sealog.server.storage.GROUP_NODES` of them per group, in
+  node hash, :data:`~sealog.server.lmdb_layout.GROUP_NODES` of them per group, in
   the order the nodes were completed (see
-  :func:`~sealog.server.storage.hash_location`); nodes of levels 1 to
-  :data:`~sealog.server.storage.RECOMPUTED_LEVELS` are recomputed from leaf hashes
+  :func:`~sealog.server.lmdb_layout.hash_location`); nodes of levels 1 to
+  :data:`~sealog.server.lmdb_layout.RECOMPUTED_LEVELS` are recomputed from leaf hashes
 - ``leaf_index``: the first 2 bytes of a leaf hash -> sorted duplicates of the
   next 4 bytes and the leaf index (the full hash is compared in ``hashes``)
 - ``idempotency``: the first 2 bytes of a key digest -> sorted duplicates of the
@@ -57,21 +57,23 @@ from sealog.client.errors import SealogError
 from sealog.client.hashing import node_hash
 from sealog.client.proof import NodeID
 from sealog.server.data_folder import make_private_dir
+from sealog.server.lmdb_layout import (
+    GROUP_NODES,
+    RECOMPUTED_LEVELS,
+    hash_count,
+    hash_position,
+    stored_before,
+)
 from sealog.server.storage import (
     DIGEST_BYTES,
     FORMAT_VERSION,
-    GROUP_NODES,
     META_COSIGNATURES,
     META_FORMAT,
     META_INDEXED_UPTO,
     META_SIZE,
-    RECOMPUTED_LEVELS,
     RetryBatchError,
     StorageCorruptError,
     StorageUnavailableError,
-    hash_count,
-    hash_position,
-    stored_before,
 )
 
 __all__ = ["LmdbStorage"]

@@ -2,18 +2,21 @@
 
 This is the domain layer the gRPC servicer calls. Every read runs in one
 snapshot and is answered against a stated tree size; a size the log has not
-reached is :class:`OutOfRangeError`, never a proof for another tree.
+reached is :class:`OutOfRangeError`, never a proof for another tree. The log
+writes nothing itself: a new log's first commit, appends and witness
+cosignatures are all written by its sequencer (:mod:`sealog.server.sequencer`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from sealog.client.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from sealog.client.checkpoint import open_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.cosignature import CosignatureVerifier, verify_cosignatures
 from sealog.client.errors import (
@@ -28,13 +31,7 @@ from sealog.client.note import NoteSigner, NoteVerifier, parse_note
 from sealog.client.proof import subtree_nodes
 from sealog.client.verify import verify_inclusion
 from sealog.server.config import Settings
-from sealog.server.cosignatures import (
-    StoredCosignature,
-    decode_cosignatures,
-    encode_cosignatures,
-    merge_cosignature,
-    witnessed_note,
-)
+from sealog.server.cosignatures import StoredCosignature, decode_cosignatures, witnessed_note
 from sealog.server.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -54,10 +51,8 @@ from sealog.server.storage import (
     META_FORMAT,
     META_ORIGIN,
     ReadSnapshot,
-    RetryBatchError,
     Storage,
     StorageCorruptError,
-    StorageUnavailableError,
     identity_prefix,
 )
 
@@ -125,7 +120,8 @@ class Log:
         self._checkpoint_lock = threading.Lock()
         self._listeners: list[Callable[[bytes], None]] = []
         self._signers = (signer, *extra_signers)
-        tree, last_leaf, tail = self._open(create)
+        opened = self._open(create)
+        tree, last_leaf, tail = (CompactRange(), None, IndexTail(0)) if opened is None else opened
         self._sequencer = Sequencer(
             storage,
             self._signers,
@@ -139,11 +135,13 @@ class Log:
             clock_ms=clock_ms,
         )
         self._sequencer.start()
+        if opened is None:
+            self._create()
 
     # --- opening ----------------------------------------------------------
-    def _open(self, create: bool) -> tuple[CompactRange, tuple[str, int] | None, IndexTail]:
+    def _open(self, create: bool) -> tuple[CompactRange, tuple[str, int] | None, IndexTail] | None:
         """The tree, the identity and acceptance time of its last leaf (None if it has
-        none), and the index tail."""
+        none), and the index tail; None for storage that holds no log yet (one to create)."""
         try:
             with self.storage.read() as snap:
                 note = snap.checkpoint()
@@ -156,21 +154,21 @@ class Log:
                     "finished; it is not started as a new log under this key (that would be "
                     "a fork). Restore it from a backup (`sealog backup`, docs/operations.md)"
                 )
-            return self._create(), None, IndexTail(0)
+            with self.storage.read() as snap:
+                if snap.stored_size():
+                    raise StartupCheckError("storage holds leaves but no checkpoint")
+            return None
         return self._check(note)
 
-    def _create(self) -> CompactRange:
-        with self.storage.read() as snap:
-            if snap.stored_size():
-                raise StartupCheckError("storage holds leaves but no checkpoint")
-        note = sign_checkpoint(Checkpoint(self.origin, 0, EMPTY_ROOT), *self._signers)
-        with self.storage.write() as w:
-            w.set_meta(META_FORMAT, FORMAT_VERSION)
-            w.set_meta(META_ORIGIN, self.origin.encode())
-            w.set_checkpoint(note, 0)
-            w.set_indexed_upto(0)
+    def _create(self) -> None:
+        """Have the sequencer write the new log's first commit; if it fails, stop the
+        sequencer (nothing of a log that did not open may outlive it) and raise."""
+        try:
+            note = self._sequencer.create().result()
+        except BaseException:
+            self._sequencer.stop()
+            raise
         self._checkpoint = note
-        return CompactRange()
 
     def _check(self, note: bytes) -> tuple[CompactRange, tuple[str, int] | None, IndexTail]:
         """The startup self-check: cheap (O(log n) reads, not the whole tree), and strict.
@@ -469,8 +467,11 @@ class Log:
         root is this tree's root at that size, and at least one valid
         cosignature by an accepted witness (:class:`PermissionDeniedError`
         otherwise; a bad line by an accepted witness is
-        :class:`InvalidArgumentError`). Lines by other keys are dropped. Each
-        witness keeps its newest cosignature (:func:`merge_cosignature`).
+        :class:`InvalidArgumentError`). Lines by other keys are dropped. The
+        note is checked here; the sequencer stores what it carries, each witness
+        keeping its newest cosignature (:meth:`Sequencer.store_cosignatures`).
+        Raises :class:`UnavailableError` if storage cannot take it, or does not
+        within ``append_timeout_s``.
         """
         field = "AddCosignatureRequest.checkpoint"
         if not self.witnesses:
@@ -513,20 +514,13 @@ class Log:
             if (line.name, line.key_hash) in wanted:
                 wanted.discard((line.name, line.key_hash))
                 new.append(StoredCosignature(text, log_line, line))
-        for _attempt in range(8):
-            try:
-                with self.storage.write() as w:
-                    stored = decode_cosignatures(w.cosignatures())
-                    if any([merge_cosignature(stored, c) for c in new]):
-                        w.set_cosignatures(encode_cosignatures(stored))
-                    result = witnessed_note(stored, self.witnesses)
-                assert result is not None
-                return result
-            except RetryBatchError:
-                continue
-            except StorageUnavailableError as e:
-                raise UnavailableError(str(e), 5.0) from e
-        raise UnavailableError("storage kept growing; retry", 1.0)
+        stored = self._sequencer.store_cosignatures(new, self.witnesses)
+        try:
+            return stored.result(timeout=self.settings.append_timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise UnavailableError(
+                f"{field}: the cosignature was not stored in time; retry", 1.0
+            ) from None
 
 
 def _parse(snap: ReadSnapshot, index: int, leaf: bytes | None = None) -> Leaf:

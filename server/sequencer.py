@@ -1,5 +1,13 @@
 """The sequencer: the log's only writer, with group commit and deferred indexing.
 
+Every write transaction on a log's storage is opened by one thread, the
+sequencer's: the batches of appends, the index flushes, a new log's first
+commit (:meth:`Sequencer.create`) and each update of the witness cosignatures
+(:meth:`Sequencer.store_cosignatures`). Writes that are not appends are
+*jobs*: queued like appends, each run between two batches (or two parts of an
+index flush) in a small transaction of its own, so no two write transactions
+are ever open at once and each sees every commit before it.
+
 Append requests queue up. One thread takes everything queued (up to a batch
 size), and in one LMDB write transaction stores each new leaf with the node
 hashes it completes and its idempotency key digest, a record in the index by
@@ -31,6 +39,16 @@ transactions, one per range of index keys, between which batches of appends
 are still committed; its last transaction records ``indexed_upto``. After a
 crash the log rebuilds the tail from the stored leaf hashes and the key digests
 kept for leaves not indexed yet (docs/storage.md).
+
+Two kinds of LMDB write transaction are opened elsewhere, and neither can race
+with the sequencer. :class:`~sealog.server.lmdb_storage.LmdbStorage` opens its
+tables on the opening thread, each in a write transaction of LMDB's own
+(``open_db``), before the storage is handed to a log and so before any
+sequencer exists: in a new environment they create the empty tables, in an
+existing one they change nothing (read-only storage, as fsck opens it, uses
+read transactions). A backup (:mod:`sealog.server.backup`) writes its copy, a
+new environment in a folder of its own that no log serves, and reads the log
+it copies in one read transaction of a read-only environment.
 """
 
 from __future__ import annotations
@@ -43,14 +61,23 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from sealog.client.checkpoint import Checkpoint, sign_checkpoint
 from sealog.client.compact import CompactRange
+from sealog.client.cosignature import CosignatureVerifier
 from sealog.client.errors import LeafFormatError
-from sealog.client.hashing import leaf_hash
+from sealog.client.hashing import EMPTY_ROOT, leaf_hash
 from sealog.client.leaf import MAX_PAYLOAD_BYTES, Leaf, leaf_bytes, leaf_header
 from sealog.client.note import NoteSigner
 from sealog.server.config import Settings
+from sealog.server.cosignatures import (
+    StoredCosignature,
+    decode_cosignatures,
+    encode_cosignatures,
+    merge_cosignature,
+    witnessed_note,
+)
 from sealog.server.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -62,6 +89,9 @@ from sealog.server.index_tail import IndexTail, TailSegment
 from sealog.server.proofs import build_consistency_proof, build_inclusion_proof
 from sealog.server.storage import (
     DIGEST_BYTES,
+    FORMAT_VERSION,
+    META_FORMAT,
+    META_ORIGIN,
     RetryBatchError,
     Storage,
     StorageCorruptError,
@@ -144,6 +174,31 @@ _NEW = -1
 
 
 _STOP = object()
+_WAKE = object()
+"""In the queue of appends: a job is waiting (in the queue of jobs)."""
+_T = TypeVar("_T")
+
+
+class _Job(Generic[_T]):
+    """A write that is not an append, run on the writer thread between batches."""
+
+    __slots__ = ("_body", "future")
+
+    def __init__(self, body: Callable[[], _T]) -> None:
+        self._body = body
+        self.future: Future[_T] = Future()
+
+    def run(self) -> None:
+        try:
+            result = self._body()
+        except Exception as e:  # the caller's to handle; the writer goes on
+            self.future.set_exception(e)
+        else:
+            self.future.set_result(result)
+
+
+_COSIGNATURE_ATTEMPTS = 8
+"""How often an update of the cosignatures is run again while the map keeps growing."""
 _CLOCK_RECHECK_S = 1.0
 """While the clock is behind, the sequencer looks at it this often to notice it caught up."""
 
@@ -223,6 +278,7 @@ class Sequencer:
         self._last_append = time.monotonic()
         self._last_batch_requests = 0
         self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job[Any]] = queue.SimpleQueue()
         self._queued_entries = 0
         self._lock = threading.Lock()
         self._accepting = True
@@ -273,6 +329,49 @@ class Sequencer:
             self._queue.put(request)
         return request.future
 
+    def create(self) -> Future[bytes]:
+        """Write a new log's first commit: the storage format, the origin, and the
+        checkpoint of the empty tree (RFC 6962 §2.1: its root is SHA-256 of nothing),
+        signed by every signer, with ``indexed_upto`` 0, in one transaction.
+
+        Precondition: the storage holds no checkpoint and no leaf, and this
+        sequencer was given the empty tree. The future holds the signed
+        checkpoint note once it is durable, or the storage's error
+        (:class:`StorageUnavailableError`) if it could not be written.
+        """
+        if self._tree.size:
+            raise ValueError(f"a new log's tree is empty, not of size {self._tree.size}")
+        return self._submit_job(self._write_empty_tree)
+
+    def store_cosignatures(
+        self, new: Sequence[StoredCosignature], witnesses: Sequence[CosignatureVerifier]
+    ) -> Future[bytes]:
+        """Merge ``new`` into the stored witness cosignatures, each witness keeping its
+        newest (:func:`~sealog.server.cosignatures.merge_cosignature`), in a
+        transaction of its own.
+
+        Precondition: every cosignature of ``new`` verified, by one of
+        ``witnesses``, over a checkpoint this log signed of a tree it holds. The
+        future holds the witnessed note (:func:`~sealog.server.cosignatures.witnessed_note`)
+        once the merge is durable, or :class:`UnavailableError` if storage
+        cannot take it. Raises :class:`UnavailableError` when the sequencer is
+        stopping.
+        """
+        return self._submit_job(lambda: self._merge_cosignatures(new, witnesses))
+
+    def _submit_job(self, body: Callable[[], _T]) -> Future[_T]:
+        if threading.current_thread() is self._thread:  # e.g. from a checkpoint listener
+            raise RuntimeError("the writer thread cannot wait for a job of its own")
+        job = _Job(body)
+        with self._lock:
+            if not self._accepting:
+                raise UnavailableError(
+                    "the log is shutting down; retry against the restarted log", 1.0
+                )
+            self._jobs.put(job)
+            self._queue.put(_WAKE)
+        return job.future
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, write everything already queued, answer it, then stop."""
         with self._lock:
@@ -287,6 +386,7 @@ class Sequencer:
     def _run(self) -> None:
         stopping = False
         while not stopping:
+            self._run_jobs()
             if self._backlogged():
                 # Back-pressure: too many leaves wait for the indexes; appends queue up
                 # (and are refused once the queue is full) until the flush is done.
@@ -300,13 +400,25 @@ class Sequencer:
             first = self._next(wait_s)
             if first is _STOP:
                 break
+            if first is _WAKE:
+                continue  # its job runs first thing
             if first is not None:
                 assert isinstance(first, _Request)
                 stopping = self._take_batch(first)
             elif self._clock_fault is not None:
                 self._check_clock()
             self._index_step(idle=first is None)
+        self._run_jobs()  # every job accepted before the stop
         self._flush_everything()
+
+    def _run_jobs(self) -> None:
+        """Run every queued job, oldest first, each in its own transaction."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            job.run()
 
     def _backlogged(self) -> bool:
         return (
@@ -357,6 +469,8 @@ class Sequencer:
             if item is _STOP:
                 stopping = True
                 break
+            if item is _WAKE:
+                continue  # its job runs once this batch is committed
             assert isinstance(item, _Request)
             batch.append(item)
             count += len(item.items)
@@ -369,6 +483,38 @@ class Sequencer:
 
     def _unindexed(self) -> int:
         return self._tree.size - self.index_tail.low
+
+    # --- jobs -------------------------------------------------------------
+    def _write_empty_tree(self) -> bytes:
+        note = sign_checkpoint(Checkpoint(self._origin, 0, EMPTY_ROOT), *self._signers)
+        while True:
+            try:
+                with self._storage.write() as w:
+                    w.set_meta(META_FORMAT, FORMAT_VERSION)
+                    w.set_meta(META_ORIGIN, self._origin.encode())
+                    w.set_checkpoint(note, 0)
+                    w.set_indexed_upto(0)
+                return note
+            except RetryBatchError:
+                continue
+
+    def _merge_cosignatures(
+        self, new: Sequence[StoredCosignature], witnesses: Sequence[CosignatureVerifier]
+    ) -> bytes:
+        for _attempt in range(_COSIGNATURE_ATTEMPTS):
+            try:
+                with self._storage.write() as w:
+                    stored = decode_cosignatures(w.cosignatures())
+                    if any([merge_cosignature(stored, c) for c in new]):
+                        w.set_cosignatures(encode_cosignatures(stored))
+                    result = witnessed_note(stored, witnesses)
+                assert result is not None
+                return result
+            except RetryBatchError:
+                continue
+            except StorageUnavailableError as e:
+                raise UnavailableError(str(e), 5.0) from e
+        raise UnavailableError("storage kept growing; retry", 1.0)
 
     # --- deferred indexing ---------------------------------------------
     def _index_step(self, idle: bool) -> None:

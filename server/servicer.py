@@ -27,7 +27,6 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from sealog.client.errors import InvalidProofError
 from sealog.server import validate
 from sealog.server.auth import Authenticator, Principal
 from sealog.server.config import Settings
@@ -38,6 +37,7 @@ from sealog.server.errors import (
     NotFoundError,
     OutOfRangeError,
     PermissionDeniedError,
+    ProofPreconditionError,
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
-    (InvalidProofError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ProofPreconditionError, grpc.StatusCode.INVALID_ARGUMENT),
     (OutOfRangeError, grpc.StatusCode.OUT_OF_RANGE),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),

@@ -1,19 +1,13 @@
 """What the log needs from storage: read snapshots and atomic, durable write batches.
 
-The tree is stored as the hashes of its perfect subtrees. When leaf ``i`` is
-appended it completes the node at level 0 (its own leaf hash) and one node at
-each level ``L`` for which the low ``L`` bits of ``i`` are all ones. Every
-one of them is stored except the nodes of levels 1 to :data:`RECOMPUTED_LEVELS`:
-those cover at most ``2**RECOMPUTED_LEVELS`` leaves and are recomputed from the
-stored leaf hashes when a proof needs one.
-
-Stored nodes are numbered in the order they were completed: the *position*
-of a node is how many stored nodes were completed before it (see
-:func:`hash_position`, a closed form). Positions are cut into groups of
-:data:`GROUP_NODES`; a node is stored in group ``position // GROUP_NODES`` at
-slot ``position % GROUP_NODES`` (:func:`hash_location`), so every write goes at
-the end of the table and the leaf hashes of consecutive leaves are next to
-each other.
+Two read contracts: :class:`ReadSnapshot` is what the log reads to serve
+(checkpoints, proofs, entries, search, lookups in the indexes), and
+:class:`TableScan` walks every record of each table as stored, malformed ones
+included, for fsck (:mod:`sealog.server.fsck`) to check against the entries.
+:class:`FsckSnapshot` is both. A :class:`WriteBatch` reads as a
+:class:`ReadSnapshot`; only the sequencer opens one
+(:mod:`sealog.server.sequencer`). Where each node hash is stored is the
+backend's business (for LMDB, :mod:`sealog.server.lmdb_layout`).
 
 The signed checkpoint and the size of its tree are written in the same batch
 as the leaves they cover, so a snapshot's checkpoint always describes exactly
@@ -41,26 +35,20 @@ from sealog.client.proof import NodeID
 __all__ = [
     "DIGEST_BYTES",
     "FORMAT_VERSION",
-    "GROUP_NODES",
     "META_COSIGNATURES",
     "META_FORMAT",
     "META_INDEXED_UPTO",
     "META_ORIGIN",
     "META_SIZE",
-    "RECOMPUTED_LEVELS",
+    "FsckSnapshot",
     "ReadSnapshot",
     "RetryBatchError",
     "Storage",
     "StorageCorruptError",
     "StorageUnavailableError",
+    "TableScan",
     "WriteBatch",
-    "hash_count",
-    "hash_location",
-    "hash_position",
     "identity_prefix",
-    "is_stored",
-    "node_at",
-    "stored_before",
 ]
 
 
@@ -81,16 +69,6 @@ DIGEST_BYTES = 12
 96 bits, so that even among 10^9 keys of one log a collision has odds of about 10^-11."""
 IDENTITY_PREFIX_BYTES = 8
 
-RECOMPUTED_LEVELS = 2
-"""Nodes of levels 1 to this are not stored: each is recomputed from its 2 or 4 leaf hashes."""
-GROUP_NODES = 123
-"""Stored nodes per group. A group's values are a 1-byte slot and a 32-byte hash; 123 of
-them (4,059 bytes) fill one 4 KiB LMDB page of sorted duplicates (4,080 bytes after its
-header), so each group is exactly one full page and its slot fits in one byte."""
-
-
-_RECOMPUTED = tuple(range(1, RECOMPUTED_LEVELS + 1))
-
 
 class StorageUnavailableError(SealogError):
     """Storage cannot take writes right now (disk full, I/O error); nothing was written."""
@@ -104,77 +82,14 @@ class RetryBatchError(SealogError):
     """The write batch was not stored for a passing reason (the map grew): run it again."""
 
 
-def is_stored(level: int) -> bool:
-    """Whether nodes of ``level`` are stored (else recomputed from their leaf hashes)."""
-    return level == 0 or level > RECOMPUTED_LEVELS
-
-
-def stored_before(leaves: int) -> int:
-    """How many stored nodes the leaves ``[0, leaves)`` complete.
-
-    Those leaves complete ``leaves >> L`` nodes at each level ``L``, and the sum of
-    ``b >> L`` over every ``L >= 0`` is ``2b - popcount(b)``; the levels that are
-    not stored are taken out again.
-    """
-    b = leaves
-    n = 2 * b - b.bit_count()
-    for level in _RECOMPUTED:
-        n -= b >> level
-    return n
-
-
-def hash_position(level: int, index: int) -> int:
-    """The position of stored node ``(level, index)``: how many stored nodes precede it.
-
-    The node is completed by leaf ``c = ((index + 1) << level) - 1``, after the
-    nodes of every leaf before ``c`` and, at ``c``, after its leaf hash and its
-    stored nodes of the levels in between.
-    """
-    if not is_stored(level):
-        raise ValueError(f"nodes of level {level} are not stored")
-    c = ((index + 1) << level) - 1
-    return stored_before(c) + (level - RECOMPUTED_LEVELS if level else 0)
-
-
-def hash_location(node: NodeID) -> tuple[int, int]:
-    """Return ``(group, slot)``: where the hash of stored ``node`` is (docs/storage.md)."""
-    return divmod(hash_position(node.level, node.index), GROUP_NODES)
-
-
-def hash_count(index: int) -> int:
-    """How many node hashes appending leaf ``index`` stores: its leaf hash, and one per
-    trailing one bit of ``index`` beyond the levels that are recomputed."""
-    trailing_ones = (index ^ (index + 1)).bit_length() - 1
-    return 1 + max(0, trailing_ones - RECOMPUTED_LEVELS)
-
-
-def node_at(position: int) -> tuple[int, int]:
-    """The ``(level, index)`` of the stored node at ``position``: :func:`hash_position` inverted."""
-    if position < 0:
-        raise ValueError(f"position: {position}, want >= 0")
-    # stored_before grows by at least 1 a leaf and at most 2 on average: bisect for
-    # the last leaf whose nodes start at or before position.
-    low, high = position // 2, position + 1  # stored_before(low) <= position < stored_before(high)
-    while high - low > 1:
-        mid = (low + high) // 2
-        if stored_before(mid) <= position:
-            low = mid
-        else:
-            high = mid
-    k = position - stored_before(low)
-    if k == 0:
-        return 0, low
-    level = RECOMPUTED_LEVELS + k
-    return level, low >> level
-
-
 def identity_prefix(identity: str) -> bytes:
     """The key of an identity in the index by identity: the first 8 bytes of its SHA-256."""
     return hashlib.sha256(identity.encode("utf-8")).digest()[:IDENTITY_PREFIX_BYTES]
 
 
 class ReadSnapshot(Protocol):
-    """A consistent view of the log at one moment (one read transaction)."""
+    """A consistent view of the log at one moment (one read transaction): what the log
+    reads to serve and to check itself at start-up."""
 
     def checkpoint(self) -> bytes | None:
         """The latest signed checkpoint note, or None for a log never written."""
@@ -186,6 +101,18 @@ class ReadSnapshot(Protocol):
 
     def indexed_upto(self) -> int:
         """The leaf-hash and idempotency indexes hold every leaf below this index."""
+        ...
+
+    def meta(self, key: bytes) -> bytes | None:
+        """A value from the metadata table."""
+        ...
+
+    def cosignatures(self) -> bytes | None:
+        """The stored witness cosignatures (:mod:`sealog.server.cosignatures`), or None."""
+        ...
+
+    def stored_size(self) -> int:
+        """How many leaves are stored (one past the highest leaf index), from the records."""
         ...
 
     def read_hashes(self, nodes: Sequence[NodeID]) -> list[bytes]:
@@ -218,11 +145,6 @@ class ReadSnapshot(Protocol):
         :meth:`find_leaf_hash` about leaves not indexed yet)."""
         ...
 
-    def iter_leaf_hashes(self, start: int, end: int) -> Iterator[tuple[int, bytes | None]]:
-        """``(index, stored leaf hash)`` of leaves ``[start, end)`` in order; None where
-        the hash is missing or malformed (fsck reports it, readers raise)."""
-        ...
-
     def iter_pending_index(self, start: int, end: int) -> Iterator[tuple[int, bytes, bytes | None]]:
         """``(index, leaf hash, key digest or None)`` of leaves ``[start, end)``, in order:
         what the indexes must hold for them, read from the stored leaf hashes and the
@@ -238,44 +160,53 @@ class ReadSnapshot(Protocol):
         ``start_ms``, else the first one after. Candidates only: the prefix may collide."""
         ...
 
-    def meta(self, key: bytes) -> bytes | None:
-        """A value from the metadata table."""
-        ...
 
-    def stored_size(self) -> int:
-        """How many leaves are stored (one past the highest leaf index), from the records."""
-        ...
+class TableScan(Protocol):
+    """Every record of each table, in key order, as stored: what fsck checks.
+
+    Where a reader of :class:`ReadSnapshot` raises at a missing or malformed
+    record, these name it (a placeholder value) and go on, so that one pass
+    reports every problem.
+    """
 
     def iter_entries(self) -> Iterator[tuple[int, bytes]]:
-        """Every stored (index, leaf) record in index order, gaps and all (for fsck)."""
+        """Every stored (index, leaf) record in index order, gaps and all."""
         ...
 
     def iter_hash_records(self) -> Iterator[tuple[int, bytes]]:
-        """Every stored ``(group, value)`` of the ``hashes`` table in order (for fsck);
-        group -1 for a malformed key."""
+        """Every stored ``(group, value)`` of the ``hashes`` table in order; group -1
+        for a malformed key."""
+        ...
+
+    def iter_leaf_hashes(self, start: int, end: int) -> Iterator[tuple[int, bytes | None]]:
+        """``(index, stored leaf hash)`` of leaves ``[start, end)`` in order; None where
+        the hash is missing or malformed."""
         ...
 
     def iter_leaf_index(self) -> Iterator[tuple[bytes, int]]:
-        """Every (leaf hash prefix, index) record of the leaf-hash index (for fsck)."""
+        """Every (leaf hash prefix, index) record of the leaf-hash index; index -1 (and
+        the raw record) for a malformed one."""
         ...
 
     def iter_idempotency(self) -> Iterator[tuple[bytes, int]]:
-        """Every (key digest, index) record of the idempotency index (for fsck); index -1
-        (and the raw record) for a malformed one."""
+        """Every (key digest, index) record of the idempotency index; index -1 (and the
+        raw record) for a malformed one."""
         ...
 
     def iter_pending_digests(self) -> Iterator[tuple[int, bytes]]:
-        """Every kept ``(leaf index, key digest)`` of leaves not indexed yet, in order (for
-        fsck); :class:`StorageCorruptError` at a malformed record."""
+        """Every kept ``(leaf index, key digest)`` of leaves not indexed yet, in order;
+        :class:`StorageCorruptError` at a malformed record."""
         ...
 
     def iter_identity_index(self) -> Iterator[tuple[bytes, int, int]]:
-        """Every (identity prefix, accepted_at_ms, first index) record of the index by identity."""
+        """Every (identity prefix, accepted_at_ms, first index) record of the index by
+        identity; ``-1, -1`` (and the raw record) for a malformed one."""
         ...
 
-    def cosignatures(self) -> bytes | None:
-        """The stored witness cosignatures (:mod:`sealog.server.cosignatures`), or None."""
-        ...
+
+class FsckSnapshot(ReadSnapshot, TableScan, Protocol):
+    """What fsck reads: the tables record by record, and the log's own reads, whose
+    answers it checks against them."""
 
 
 class WriteBatch(ReadSnapshot, Protocol):
@@ -340,7 +271,9 @@ class Storage(Protocol):
     def write(self) -> AbstractContextManager[WriteBatch]:
         """Open the write batch; it commits durably when the block exits without error.
 
-        Raises :class:`StorageUnavailableError` if the commit fails, and
+        Precondition: called on the sequencer's writer thread, the one thread that
+        writes a log (:mod:`sealog.server.sequencer`). Raises
+        :class:`StorageUnavailableError` if the commit fails, and
         :class:`RetryBatchError` if it should simply be run again; either way
         nothing of the batch is stored.
         """

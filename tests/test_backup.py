@@ -22,8 +22,8 @@ from sealog.client.log_client import LogClient, Receipt
 from sealog.client.note import Ed25519Verifier
 from sealog.client.proof import NodeID
 from sealog.server.backup import CHECKPOINT_FILE, INCOMPLETE_MARK, BackupError, backup
+from sealog.server.lmdb_layout import hash_location
 from sealog.server.sequencer import AppendItem
-from sealog.server.storage import hash_location
 
 
 def fill(log: RunningLog, count: int, tag: str = "bulk") -> None:

@@ -26,7 +26,7 @@ from sealog.client.keyfile import write_private_key_file
 from sealog.client.log_client import LogClient
 from sealog.client.note import Ed25519Signer
 from sealog.client.proof import NodeID
-from sealog.server.storage import hash_location
+from sealog.server.lmdb_layout import hash_location
 
 CYCLES = 3
 WRITERS = 6

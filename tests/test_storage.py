@@ -11,20 +11,13 @@ import pytest
 from sealog.client.compact import CompactRange
 from sealog.client.hashing import leaf_hash
 from sealog.client.proof import NodeID
+from sealog.server.lmdb_layout import GROUP_NODES, stored_before
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.storage import (
     DIGEST_BYTES,
-    GROUP_NODES,
-    RECOMPUTED_LEVELS,
     RetryBatchError,
     Storage,
     StorageCorruptError,
-    hash_count,
-    hash_location,
-    hash_position,
-    is_stored,
-    node_at,
-    stored_before,
 )
 
 
@@ -163,47 +156,7 @@ def test_the_map_grows_when_full(open_storage: Callable[..., Storage]) -> None:
         assert list(snap.leaves(1990, 2000)) == leaves[1990:]
 
 
-# --- where node hashes live (docs/storage.md) ------------------------------------------------
-def _completion_order(leaves: int) -> list[tuple[int, int]]:
-    """The stored nodes in the order appending ``leaves`` leaves completes them."""
-    order = []
-    for i in range(leaves):
-        completed = (i ^ (i + 1)).bit_length()  # the leaf, then one node a trailing one bit
-        order.extend((level, i >> level) for level in range(completed) if is_stored(level))
-    return order
-
-
-def test_positions_are_the_completion_order() -> None:
-    order = _completion_order(1 << 12)
-    for position, (level, index) in enumerate(order):
-        assert hash_position(level, index) == position
-        assert node_at(position) == (level, index)
-    for leaf in range(1 << 12):
-        assert stored_before(leaf) == hash_position(0, leaf)
-        assert stored_before(leaf + 1) - stored_before(leaf) == hash_count(leaf)
-
-
-@pytest.mark.parametrize("level", [0, RECOMPUTED_LEVELS + 1, 30, 62])
-def test_positions_far_out_have_the_closed_form(level: int) -> None:
-    """Near the largest tree, positions still follow one another and slots fit one byte."""
-    for index in ((1 << (63 - level)) - 2, (1 << (63 - level)) - 1, 12345):
-        last = ((index + 1) << level) - 1
-        position = hash_position(level, index)
-        assert stored_before(last) <= position < stored_before(last + 1)
-        assert node_at(position) == (level, index)
-        group, slot = hash_location(NodeID(level, index))
-        assert 0 <= slot < GROUP_NODES <= 256
-        assert group * GROUP_NODES + slot == position
-
-
-def test_only_leaf_hashes_and_high_levels_are_stored() -> None:
-    assert [is_stored(level) for level in range(RECOMPUTED_LEVELS + 2)] == [True] + [
-        False
-    ] * RECOMPUTED_LEVELS + [True]
-    with pytest.raises(ValueError, match="not stored"):
-        hash_position(1, 0)
-
-
+# --- where node hashes live (docs/storage.md; the arithmetic: test_lmdb_layout.py) ----------
 def test_groups_fill_in_order(open_storage: Callable[..., Storage]) -> None:
     """Every value is appended after the last one; each group holds GROUP_NODES of them."""
     storage = open_storage()

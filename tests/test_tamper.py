@@ -28,13 +28,8 @@ from e2e_support import RunningLog, Serve, run_sealog
 from sealog.client.errors import VerificationError
 from sealog.client.log_client import LogClient
 from sealog.client.proof import NodeID
-from sealog.server.storage import (
-    DIGEST_BYTES,
-    FORMAT_VERSION,
-    GROUP_NODES,
-    hash_location,
-    stored_before,
-)
+from sealog.server.lmdb_layout import GROUP_NODES, hash_location, stored_before
+from sealog.server.storage import DIGEST_BYTES, FORMAT_VERSION
 
 _U64 = struct.Struct(">Q")
 BATCHES = (5, 8, 8)
