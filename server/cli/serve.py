@@ -32,6 +32,60 @@ from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S
 
 __all__ = ["add_serve", "cmd_serve"]
 
+_SETTINGS_FLAGS: tuple[tuple[str, str], ...] = (
+    ("max_entry_bytes", "largest payload (default %(default)s)"),
+    ("max_request_entries", "most entries per Append (default %(default)s)"),
+    ("batch_max_entries", "most entries per durable commit (default %(default)s)"),
+    ("batch_max_wait_ms", "wait for more appends before a commit (default %(default)s)"),
+    (
+        "index_flush_entries",
+        "appended leaves held in memory (about 250 bytes each) before they are written to "
+        "the leaf-hash and idempotency indexes; fewer: less memory, smaller and less "
+        "efficient index writes (default %(default)s)",
+    ),
+    ("max_queued_entries", "queued entries before RESOURCE_EXHAUSTED (default %(default)s)"),
+    (
+        "max_connections",
+        "TCP connections kept open, before any authentication; more are closed at once. "
+        "Lowered to fit the open file limit, which serve raises to its hard limit "
+        "(default %(default)s)",
+    ),
+    (
+        "max_entry_streams",
+        "GetEntries streams open at once, in all; each holds up to about "
+        "--max-page-bytes of memory (default %(default)s)",
+    ),
+    (
+        "max_entry_streams_per_peer",
+        "GetEntries streams open at once from one client address (default %(default)s)",
+    ),
+    (
+        "clock_tolerance_ms",
+        "how far the wall clock may fall behind the last acceptance time before appends "
+        "are refused until it catches up (docs/operations.md, 'Clock'; default %(default)s)",
+    ),
+    (
+        "max_page_bytes",
+        "a GetEntries page ends at the leaf that brings it to this many bytes "
+        "(default %(default)s)",
+    ),
+    (
+        "entry_stream_stall_s",
+        "end a GetEntries stream whose reader took no page for this long (default %(default)s)",
+    ),
+    (
+        "handshake_timeout_s",
+        "close a connection still in its TLS/HTTP/2 handshake after this long "
+        "(default %(default)s)",
+    ),
+    (
+        "idle_connection_timeout_s",
+        "close a connection with no call open for this long (default %(default)s)",
+    ),
+)
+"""The :class:`Settings` fields serve takes as flags (``--max-entry-bytes`` for
+``max_entry_bytes``, of the field's type and default), in the order --help lists them."""
+
 
 def add_serve(commands: Commands) -> None:
     p = add_command(
@@ -64,100 +118,12 @@ def add_serve(commands: Commands) -> None:
         "folder holds a log): without it, an empty folder and a key of its own are refused, "
         "since the key may already sign a log whose folder is not mounted",
     )
-    d = Settings()
-    p.add_argument(
-        "--max-entry-bytes",
-        type=int,
-        default=d.max_entry_bytes,
-        help="largest payload (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-request-entries",
-        type=int,
-        default=d.max_request_entries,
-        help="most entries per Append (default %(default)s)",
-    )
-    p.add_argument(
-        "--batch-max-entries",
-        type=int,
-        default=d.batch_max_entries,
-        help="most entries per durable commit (default %(default)s)",
-    )
-    p.add_argument(
-        "--batch-max-wait-ms",
-        type=float,
-        default=d.batch_max_wait_ms,
-        help="wait for more appends before a commit (default %(default)s)",
-    )
-    p.add_argument(
-        "--index-flush-entries",
-        type=int,
-        default=d.index_flush_entries,
-        help="appended leaves held in memory (about 250 bytes each) before they are written to "
-        "the leaf-hash and idempotency indexes; fewer: less memory, smaller and less efficient "
-        "index writes (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-queued-entries",
-        type=int,
-        default=d.max_queued_entries,
-        help="queued entries before RESOURCE_EXHAUSTED (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=int,
-        default=d.max_connections,
-        help="TCP connections kept open, before any authentication; more are closed at once. "
-        "Lowered to fit the open file limit, which serve raises to its hard limit "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--max-entry-streams",
-        type=int,
-        default=d.max_entry_streams,
-        help="GetEntries streams open at once, in all; each holds up to about "
-        "--max-page-bytes of memory (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-entry-streams-per-peer",
-        type=int,
-        default=d.max_entry_streams_per_peer,
-        help="GetEntries streams open at once from one client address (default %(default)s)",
-    )
-    p.add_argument(
-        "--clock-tolerance-ms",
-        type=float,
-        default=d.clock_tolerance_ms,
-        help="how far the wall clock may fall behind the last acceptance time before appends "
-        "are refused until it catches up (docs/operations.md, 'Clock'; default %(default)s)",
-    )
-    p.add_argument(
-        "--max-page-bytes",
-        type=int,
-        default=d.max_page_bytes,
-        help="a GetEntries page ends at the leaf that brings it to this many bytes "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--entry-stream-stall-s",
-        type=float,
-        default=d.entry_stream_stall_s,
-        help="end a GetEntries stream whose reader took no page for this long "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--handshake-timeout-s",
-        type=float,
-        default=d.handshake_timeout_s,
-        help="close a connection still in its TLS/HTTP/2 handshake after this long "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--idle-connection-timeout-s",
-        type=float,
-        default=d.idle_connection_timeout_s,
-        help="close a connection with no call open for this long (default %(default)s)",
-    )
+    defaults = Settings()
+    for name, help in _SETTINGS_FLAGS:
+        default = getattr(defaults, name)
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=type(default), default=default, help=help
+        )
     add_witness_vkey_option(
         p,
         "a witness whose cosignatures AddCosignature accepts: its verifier key, or @FILE "
@@ -211,22 +177,7 @@ def add_serve(commands: Commands) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = Settings(
-        max_entry_bytes=args.max_entry_bytes,
-        max_request_entries=args.max_request_entries,
-        batch_max_entries=args.batch_max_entries,
-        batch_max_wait_ms=args.batch_max_wait_ms,
-        index_flush_entries=args.index_flush_entries,
-        max_queued_entries=args.max_queued_entries,
-        max_connections=args.max_connections,
-        max_entry_streams=args.max_entry_streams,
-        max_entry_streams_per_peer=args.max_entry_streams_per_peer,
-        max_page_bytes=args.max_page_bytes,
-        entry_stream_stall_s=args.entry_stream_stall_s,
-        handshake_timeout_s=args.handshake_timeout_s,
-        idle_connection_timeout_s=args.idle_connection_timeout_s,
-        clock_tolerance_ms=args.clock_tolerance_ms,
-    )
+    settings = Settings(**{name: getattr(args, name) for name, _ in _SETTINGS_FLAGS})
     witnesses = witness_keys(args.witness_vkey)
     if args.push_witness and not witnesses:
         raise SealogError("--push-witness needs --witness-vkey: the witnesses' keys to accept")
