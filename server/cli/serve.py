@@ -1,0 +1,267 @@
+"""``sealog serve``: run a log server.
+
+Its flags are the log's data folder, key and origin, every limit of
+:class:`~sealog.server.config.Settings` that an operator tunes, the witnesses whose
+cosignatures it keeps (c2sp.org/tlog-witness), its access policy and its TLS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from pathlib import Path
+
+from sealog.client.checkpoint import open_checkpoint
+from sealog.client.errors import SealogError
+from sealog.server.app import LogServer, TlsFiles
+from sealog.server.cli.options import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_TARGET,
+    Commands,
+    add_command,
+    add_witness_vkey_option,
+    positive_seconds,
+    witness_keys,
+)
+from sealog.server.cli.output import b64
+from sealog.server.config import Settings
+from sealog.server.tls import is_loopback
+from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S
+
+__all__ = ["add_serve", "cmd_serve"]
+
+_SETTINGS_FLAGS: tuple[tuple[str, str], ...] = (
+    ("max_entry_bytes", "largest payload (default %(default)s)"),
+    ("max_request_entries", "most entries per Append (default %(default)s)"),
+    ("batch_max_entries", "most entries per durable commit (default %(default)s)"),
+    ("batch_max_wait_ms", "wait for more appends before a commit (default %(default)s)"),
+    (
+        "index_flush_entries",
+        "appended leaves held in memory (about 250 bytes each) before they are written to "
+        "the leaf-hash and idempotency indexes; fewer: less memory, smaller and less "
+        "efficient index writes (default %(default)s)",
+    ),
+    ("max_queued_entries", "queued entries before RESOURCE_EXHAUSTED (default %(default)s)"),
+    (
+        "max_connections",
+        "TCP connections kept open, before any authentication; more are closed at once. "
+        "Lowered to fit the open file limit, which serve raises to its hard limit "
+        "(default %(default)s)",
+    ),
+    (
+        "max_entry_streams",
+        "GetEntries streams open at once, in all; each holds up to about "
+        "--max-page-bytes of memory (default %(default)s)",
+    ),
+    (
+        "max_entry_streams_per_peer",
+        "GetEntries streams open at once from one client address (default %(default)s)",
+    ),
+    (
+        "clock_tolerance_ms",
+        "how far the wall clock may fall behind the last acceptance time before appends "
+        "are refused until it catches up (docs/operations.md, 'Clock'; default %(default)s)",
+    ),
+    (
+        "max_page_bytes",
+        "a GetEntries page ends at the leaf that brings it to this many bytes "
+        "(default %(default)s)",
+    ),
+    (
+        "entry_stream_stall_s",
+        "end a GetEntries stream whose reader took no page for this long (default %(default)s)",
+    ),
+    (
+        "handshake_timeout_s",
+        "close a connection still in its TLS/HTTP/2 handshake after this long "
+        "(default %(default)s)",
+    ),
+    (
+        "idle_connection_timeout_s",
+        "close a connection with no call open for this long (default %(default)s)",
+    ),
+)
+"""The :class:`Settings` fields serve takes as flags (``--max-entry-bytes`` for
+``max_entry_bytes``, of the field's type and default), in the order --help lists them."""
+
+
+def add_serve(commands: Commands) -> None:
+    p = add_command(
+        commands,
+        "serve",
+        "run a log server",
+        description="Run a log. With no options: data in ./sealog-data, a signing key "
+        "generated there on first run, listening on loopback. SIGTERM/Ctrl-C commits "
+        "queued appends before exiting; a second signal forces.",
+    )
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="data folder (default %(default)s)")
+    p.add_argument(
+        "--listen", default=DEFAULT_TARGET, help="address to listen on (default %(default)s)"
+    )
+    p.add_argument(
+        "--origin",
+        dest="origin_name",
+        default="sealog.localhost/log",
+        help="the log's origin line, fixed at creation (default %(default)s)",
+    )
+    p.add_argument(
+        "--key-file",
+        help="signing key file (default: DATA_DIR/log.key, created with a new log); a new log "
+        "under a key file of its own also needs --new-log",
+    )
+    p.add_argument(
+        "--new-log",
+        action="store_true",
+        help="start a new log with --key-file in a missing or empty DATA_DIR (refused once the "
+        "folder holds a log): without it, an empty folder and a key of its own are refused, "
+        "since the key may already sign a log whose folder is not mounted",
+    )
+    defaults = Settings()
+    for name, help in _SETTINGS_FLAGS:
+        default = getattr(defaults, name)
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=type(default), default=default, help=help
+        )
+    add_witness_vkey_option(
+        p,
+        "a witness whose cosignatures AddCosignature accepts: its verifier key, or @FILE "
+        "with one per line (repeatable); others get PERMISSION_DENIED",
+    )
+    p.add_argument(
+        "--push-witness",
+        action="append",
+        metavar="URL",
+        help="send each new checkpoint to this C2SP tlog-witness add-checkpoint URL and keep "
+        "its cosignature (repeatable; its key must be a --witness-vkey)",
+    )
+    p.add_argument(
+        "--push-witness-interval",
+        type=positive_seconds,
+        default=DEFAULT_PUSH_INTERVAL_S,
+        metavar="SECONDS",
+        help="send each --push-witness at most one checkpoint per this long, the latest; "
+        "witnesses grant each log a quota of requests a day (default %(default)s: 8,640 a day)",
+    )
+    p.add_argument(
+        "--extra-key-file",
+        action="append",
+        metavar="FILE",
+        help="also sign every checkpoint with this key (same name, new key): the middle "
+        "step of a key rotation, docs/authentication.md (repeatable)",
+    )
+    p.add_argument(
+        "--policy",
+        help="access policy file (TOML: identities, roles, API key hashes, quotas; "
+        "docs/authentication.md). Without one the log is open to anyone who can connect.",
+    )
+    p.add_argument("--tls-cert", help="serve TLS with this certificate (PEM)")
+    p.add_argument("--tls-key", help="the TLS certificate's private key (PEM)")
+    p.add_argument(
+        "--tls-client-ca",
+        help="mutual TLS: clients must present a certificate this CA (PEM) signed; their "
+        "identity is its URI SAN (SPIFFE ID) or CN. Applies to --mtls-listen if given, "
+        "else to --listen",
+    )
+    p.add_argument(
+        "--mtls-listen",
+        help="a second address for mutual TLS, so --listen stays TLS-only for API keys",
+    )
+    p.add_argument(
+        "--insecure-allow-remote",
+        action="store_true",
+        help="allow plaintext on a non-loopback address (only behind something that encrypts)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = Settings(**{name: getattr(args, name) for name, _ in _SETTINGS_FLAGS})
+    witnesses = witness_keys(args.witness_vkey)
+    if args.push_witness and not witnesses:
+        raise SealogError("--push-witness needs --witness-vkey: the witnesses' keys to accept")
+    # Before the log opens: a SIGTERM from the moment the process exists is a clean
+    # shutdown (once the log is open), never the default death mid-start.
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():
+            os._exit(1)  # a second signal forces
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = LogServer.open(
+        args.data_dir,
+        address=args.listen,
+        origin=args.origin_name,
+        key_file=args.key_file,
+        settings=settings,
+        witnesses=witnesses,
+        push_witnesses=args.push_witness or (),
+        push_witness_interval_s=args.push_witness_interval,
+        policy_file=args.policy,
+        tls=TlsFiles(
+            Path(args.tls_cert),
+            Path(args.tls_key),
+            Path(args.tls_client_ca) if args.tls_client_ca else None,
+        )
+        if args.tls_cert
+        else None,
+        allow_insecure_remote=args.insecure_allow_remote,
+        mtls_address=args.mtls_listen,
+        extra_key_files=args.extra_key_file or (),
+        new_log=args.new_log,
+    )
+    host = args.listen.rsplit(":", 1)[0]
+    if args.tls_cert:
+        transport = "TLS" + (
+            " with client certificates" if args.tls_client_ca and not args.mtls_listen else ""
+        )
+    elif is_loopback(args.listen):
+        transport = "plaintext gRPC, INSECURE: loopback use only"
+    else:
+        transport = "plaintext gRPC, INSECURE: --insecure-allow-remote"
+    policy = server.auth.policy
+    access = (
+        f"policy {args.policy} ({len(policy.identities)} identities; reads "
+        f"{'public' if policy.public_read else 'need the read role'}; SIGHUP reloads)"
+        if policy is not None
+        else "open: no policy, anyone who can connect may append"
+    )
+    vkey = server.signer.verifier().vkey
+    cp = open_checkpoint(server.log.latest_checkpoint(), server.signer.verifier()).checkpoint
+    print(
+        f"sealog: serving log {args.origin_name!r} from {Path(args.data_dir).resolve()}\n"
+        f"  address:      {host}:{server.port} ({transport})\n"
+        f"  access:       {access}\n"
+        + (
+            f"  mutual TLS:   {args.mtls_listen.rsplit(':', 1)[0]}:{server.mtls_port}\n"
+            if args.mtls_listen
+            else ""
+        )
+        + f"  verifier key: {vkey}\n"
+        f"  checkpoint:   size {cp.size}, root {b64(cp.root_hash)}\n"
+        + "".join(f"  witness:      {w.vkey}\n" for w in witnesses)
+        + "".join(f"  pushing to:   {url}\n" for url in args.push_witness or ())
+        + "Stop with Ctrl-C (queued appends are committed first).",
+        flush=True,
+    )
+
+    def on_hangup(signum: int, frame: object) -> None:
+        try:
+            reloaded = server.auth.reload()
+        except SealogError as e:
+            print(f"sealog: policy NOT reloaded, the old one stays in force: {e}", flush=True)
+        else:
+            if reloaded is not None:
+                print(
+                    f"sealog: policy reloaded ({len(reloaded.identities)} identities)", flush=True
+                )
+
+    signal.signal(signal.SIGHUP, on_hangup)
+    stop.wait()
+    print("sealog: shutting down", flush=True)
+    server.stop()
+    return 0
