@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sealog.client import display
+from sealog.client._encoding import encode_base64
 from sealog.client.checkpoint import open_checkpoint
 from sealog.client.errors import SealogError
 from sealog.client.leaf import Leaf
@@ -38,7 +39,7 @@ from sealog.server.cli.options import (
     witness_keys,
     witness_policy_from_args,
 )
-from sealog.server.cli.output import add_json_option, b64, checkpoint_json, emit, leaf_json
+from sealog.server.cli.output import add_json_option, checkpoint_json, emit, leaf_json
 
 __all__ = [
     "add_audit",
@@ -195,7 +196,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         ok = sum(r.included for r in results)
         print(
             f"{ok} of {len(results)} included in the tree of size {size}, root "
-            f"{b64(cp.checkpoint.root_hash)} (checkpoint signature verified{witnessed})"
+            f"{encode_base64(cp.checkpoint.root_hash)} (checkpoint signature verified{witnessed})"
         )
     return 0 if all(r.included for r in results) else 1
 
@@ -256,7 +257,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     }
     text = (
         f"VALID: entry {verified.index} (leaf hash {verified.leaf_hash.hex()}) is in the tree "
-        f"of size {cp.size}, root {b64(cp.root_hash)}, signed by {display.escape(verifier.name)}"
+        f"of size {cp.size}, root {encode_base64(cp.root_hash)}, "
+        f"signed by {display.escape(verifier.name)}"
     )
     if verified.cosignatures:
         names = ", ".join(display.escape(c.name) for c in verified.cosignatures)

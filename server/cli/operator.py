@@ -13,6 +13,7 @@ import os
 import tomllib
 from pathlib import Path
 
+from sealog.client._encoding import encode_base64
 from sealog.client.cosignature import Cosigner
 from sealog.client.errors import SealogError
 from sealog.client.keyfile import vkey_path_for, write_private_key_file, write_public_key_file
@@ -28,7 +29,7 @@ from sealog.server.cli.options import (
     client_from_args,
     verifier_from_args,
 )
-from sealog.server.cli.output import add_json_option, b64, emit
+from sealog.server.cli.output import add_json_option, emit
 from sealog.server.fsck_process import fsck_storage
 from sealog.server.policy import Policy, hash_api_key, new_api_key
 
@@ -179,11 +180,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
         {
             "path": str(result.path),
             "tree_size": result.size,
-            "root_hash": b64(result.root_hash),
+            "root_hash": encode_base64(result.root_hash),
             "bytes": result.bytes_copied,
             "fsck": "ok",
         },
-        f"backup of tree size {result.size} (root {b64(result.root_hash)}) in {result.path}: "
+        f"backup of tree size {result.size} (root {encode_base64(result.root_hash)}) "
+        f"in {result.path}: "
         f"{result.bytes_copied:,} bytes, fsck ok",
     )
     return 0

@@ -4,16 +4,16 @@ the JSON forms of leaves and checkpoints that several commands share."""
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 from typing import Any
 
+from sealog.client._encoding import encode_base64
 from sealog.client.checkpoint import SignedCheckpoint
 from sealog.client.leaf import Leaf
 from sealog.client.log_client import Entry
 
-__all__ = ["add_json_option", "b64", "checkpoint_json", "emit", "leaf_json"]
+__all__ = ["add_json_option", "checkpoint_json", "emit", "leaf_json"]
 
 
 def add_json_option(p: argparse.ArgumentParser, help: str = "print JSON") -> None:
@@ -26,18 +26,13 @@ def emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
     print(json.dumps(obj) if args.json else text, flush=True)
 
 
-def b64(data: bytes) -> str:
-    """Standard base64 with padding, as checkpoints carry hashes (c2sp.org/tlog-checkpoint)."""
-    return base64.b64encode(data).decode("ascii")
-
-
 def leaf_json(index: int, leaf: bytes) -> dict[str, Any]:
     """The entry at ``index``: its fields, its RFC 6962 leaf hash and the leaf itself.
 
     ``payload`` is present only when the payload is UTF-8; ``payload_b64`` always is.
     """
     parsed = Leaf.parse(leaf)
-    payload: dict[str, Any] = {"payload_b64": b64(parsed.payload)}
+    payload: dict[str, Any] = {"payload_b64": encode_base64(parsed.payload)}
     with contextlib.suppress(UnicodeDecodeError):
         payload["payload"] = parsed.payload.decode("utf-8")
     return {
@@ -46,7 +41,7 @@ def leaf_json(index: int, leaf: bytes) -> dict[str, Any]:
         "accepted_at_ms": parsed.accepted_at_ms,
         "identity": parsed.identity,
         **payload,
-        "leaf_b64": b64(leaf),
+        "leaf_b64": encode_base64(leaf),
     }
 
 
@@ -56,6 +51,6 @@ def checkpoint_json(signed: SignedCheckpoint) -> dict[str, Any]:
     return {
         "origin": cp.origin,
         "tree_size": cp.size,
-        "root_hash": b64(cp.root_hash),
+        "root_hash": encode_base64(cp.root_hash),
         "note": signed.note.decode("utf-8"),
     }

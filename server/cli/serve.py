@@ -13,6 +13,7 @@ import signal
 import threading
 from pathlib import Path
 
+from sealog.client._encoding import encode_base64
 from sealog.client.checkpoint import open_checkpoint
 from sealog.client.errors import SealogError
 from sealog.server.app import LogServer, TlsFiles
@@ -25,7 +26,6 @@ from sealog.server.cli.options import (
     positive_seconds,
     witness_keys,
 )
-from sealog.server.cli.output import b64
 from sealog.server.config import Settings
 from sealog.server.tls import is_loopback
 from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S
@@ -242,7 +242,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             else ""
         )
         + f"  verifier key: {vkey}\n"
-        f"  checkpoint:   size {cp.size}, root {b64(cp.root_hash)}\n"
+        f"  checkpoint:   size {cp.size}, root {encode_base64(cp.root_hash)}\n"
         + "".join(f"  witness:      {w.vkey}\n" for w in witnesses)
         + "".join(f"  pushing to:   {url}\n" for url in args.push_witness or ())
         + "Stop with Ctrl-C (queued appends are committed first).",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sealog.client import display
+from sealog.client._encoding import encode_base64
 from sealog.client.checkpoint import open_checkpoint
 from sealog.client.durable import write_durably
 from sealog.client.errors import SealogError
@@ -24,7 +25,7 @@ from sealog.client.leaf import Leaf
 from sealog.client.log_client import Entry, InclusionProof, Receipt
 from sealog.client.monitor.bundle import ProofBundle
 from sealog.server.cli.options import Commands, add_client_options, add_command, client_from_args
-from sealog.server.cli.output import b64, checkpoint_json, emit, leaf_json
+from sealog.server.cli.output import checkpoint_json, emit, leaf_json
 
 __all__ = [
     "add_append",
@@ -99,7 +100,7 @@ def cmd_append(args: argparse.Namespace) -> int:
                     _receipt_json(r),
                     f"index {r.index}{' (already logged)' if r.duplicate else ''}  "
                     f"leaf_hash {Entry(r.index, r.leaf).leaf_hash.hex()}  "
-                    f"in checkpoint size {cp.size} root {b64(cp.root_hash)} (verified)",
+                    f"in checkpoint size {cp.size} root {encode_base64(cp.root_hash)} (verified)",
                 )
             batch.clear()
 
@@ -154,7 +155,7 @@ def _receipt_json(r: Receipt) -> dict[str, Any]:
     return {
         **leaf_json(r.index, r.leaf),
         "duplicate": r.duplicate,
-        "inclusion_proof": [b64(h) for h in r.inclusion_proof],
+        "inclusion_proof": [encode_base64(h) for h in r.inclusion_proof],
         "checkpoint": checkpoint_json(r.checkpoint),
     }
 
@@ -244,7 +245,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
         text = (
             f"leaf {proof.index} (hash {proof.leaf_hash.hex()}) is in the tree of size "
             f"{proof.checkpoint.checkpoint.size}: verified\n"
-            + "\n".join(f"  {b64(h)}" for h in proof.proof)
+            + "\n".join(f"  {encode_base64(h)}" for h in proof.proof)
         )
         if args.bundle:
             bundle = ProofBundle.for_leaf(entry.index, entry.leaf, proof.proof, cp.note)
@@ -261,7 +262,7 @@ def _proof_json(p: InclusionProof) -> dict[str, Any]:
         "leaf_index": p.index,
         "leaf_hash": p.leaf_hash.hex(),
         "tree_size": p.checkpoint.checkpoint.size,
-        "inclusion_proof": [b64(h) for h in p.proof],
+        "inclusion_proof": [encode_base64(h) for h in p.proof],
         "checkpoint": checkpoint_json(p.checkpoint),
     }
 
@@ -295,10 +296,10 @@ def cmd_consistency(args: argparse.Namespace) -> int:
             {
                 "first": checkpoint_json(old),
                 "second": checkpoint_json(new),
-                "consistency_proof": [b64(h) for h in proof],
+                "consistency_proof": [encode_base64(h) for h in proof],
             },
             f"tree size {new.checkpoint.size} is consistent with size {old.checkpoint.size}: "
-            "verified\n" + "\n".join(f"  {b64(h)}" for h in proof),
+            "verified\n" + "\n".join(f"  {encode_base64(h)}" for h in proof),
         )
     return 0
 
