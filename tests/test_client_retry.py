@@ -195,7 +195,7 @@ def test_a_retry_delay_over_the_client_maximum_is_raised_not_waited(
         client.append(b"the only one for a while")
         with pytest.raises(grpc.RpcError) as caught:
             client.append(b"too soon")
-    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert payloads_in(log) == [b"the only one for a while"]
 
 

@@ -150,7 +150,7 @@ def test_health_says_not_serving_while_the_clock_is_behind(
     server = LogServer.open(tmp_path / "data")
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     try:
-        health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        health = health_pb2_grpc.HealthStub(channel)
 
         def status() -> int:
             request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)

@@ -202,11 +202,11 @@ def test_fsck_names_a_signal_that_kills_its_reader(
         '#!/bin/sh\necho \'{"problem": "entries[5]: found before the fault"}\'\nkill -SEGV $$\n'
     )
     child.chmod(child.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setattr(fsck_process.sys, "executable", str(child))
+    monkeypatch.setattr(sys, "executable", str(child))
     try:
         report = fsck_process.fsck_storage(pristine.data_dir / "db", pristine.vkey)
     finally:
-        monkeypatch.setattr(fsck_process.sys, "executable", sys.executable)
+        monkeypatch.setattr(sys, "executable", sys.executable)
 
     assert report.problems[0] == "entries[5]: found before the fault"
     assert "killed the checker with SIGSEGV" in report.problems[1]

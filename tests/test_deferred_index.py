@@ -320,7 +320,7 @@ class _FlakyIndexes:
                 self._w.index_leaves(*args)
 
         with self.inner.write() as w:
-            yield Batch(w)  # type: ignore[misc]
+            yield Batch(w)
 
     def close(self) -> None:
         self.inner.close()
@@ -334,7 +334,7 @@ def test_appends_wait_while_too_many_leaves_are_unindexed(
     settings = Settings(
         index_flush_entries=10, index_flush_chunk_entries=4, max_unindexed_entries=30
     )
-    log = Log(storage, SIGNER, SIGNER.verifier(), ORIGIN, settings)  # type: ignore[arg-type]
+    log = Log(storage, SIGNER, SIGNER.verifier(), ORIGIN, settings)
     try:
         for b in range(3):
             log.append(keyed(f"k{b}-", 10), "svc")  # accepted while the flush fails
@@ -508,7 +508,7 @@ def _items(items: list[tuple[int, bytes]]) -> bytes:
     return b"".join(_U64.pack(i) + d for i, d in items)
 
 
-def _identity_record(fn: Callable[[Any, Any, bytes, bytes], None], index: int) -> Edit:
+def _identity_record(fn: Callable[[Any, Any, bytes, bytes], object], index: int) -> Edit:
     """Call ``fn(txn, db, key, value)`` with the by_identity record of the run from ``index``."""
 
     def edit(txn: Any, db: Any) -> None:

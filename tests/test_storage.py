@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ def open_storage(
 ) -> Iterator[Callable[..., Storage]]:
     opened: list[Storage] = []
 
-    def factory(**kwargs: int) -> Storage:
+    def factory(**kwargs: Any) -> Storage:
         s = LmdbStorage(tmp_path / "db", **kwargs)
         opened.append(s)
         return s
@@ -166,7 +167,7 @@ def test_the_map_grows_when_full(open_storage: Callable[..., Storage]) -> None:
 # --- where node hashes live (docs/storage.md) ------------------------------------------------
 def _completion_order(leaves: int) -> list[tuple[int, int]]:
     """The stored nodes in the order appending ``leaves`` leaves completes them."""
-    order = []
+    order: list[tuple[int, int]] = []
     for i in range(leaves):
         completed = (i ^ (i + 1)).bit_length()  # the leaf, then one node a trailing one bit
         order.extend((level, i >> level) for level in range(completed) if is_stored(level))

@@ -67,7 +67,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
 
 
 # --- editing a copy with the lmdb module -----------------------------------------------------
-Edit = Callable[[Any], None]
+Edit = Callable[[Any], object]
 """Changes one thing in an open ``lmdb.Environment`` of a copy."""
 
 

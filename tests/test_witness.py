@@ -559,7 +559,11 @@ def test_push_witness_sends_a_bounded_number_of_requests_for_300_appends(
         final = client.checkpoint()
         assert final.checkpoint.size == 300
         for witness in witnesses:
-            _wait_for(lambda w=witness: w.latest(origin) == final.note, "size 300 pushed")
+
+            def pushed(w: CountingWitness = witness) -> bool:
+                return w.latest(origin) == final.note
+
+            _wait_for(pushed, "size 300 pushed")
         both = log.client(witnesses=[W1.verifier(), W2.verifier()])
 
         def witnessed_by_both() -> bool:
