@@ -241,6 +241,7 @@ def test_search_finds_one_identitys_events_in_a_time_window(world: World) -> Non
     assert [e.parse().payload for e in billing_found] == [b"billing 0", b"billing 1", b"billing 2"]
 
 
+@pytest.mark.slow
 def test_signing_key_rotation_keeps_every_client_verifying(tmp_path: Path) -> None:
     data = tmp_path / "data"
     old = LogServer.open(data)  # generates data/log.key
@@ -316,6 +317,7 @@ def open_mtls(tmp_path: Path) -> Iterator[tuple[LogServer, TestCA]]:
         server.stop()
 
 
+@pytest.mark.slow
 def test_an_overlong_certificate_identity_is_refused_and_harms_no_other_append(
     open_mtls: tuple[LogServer, TestCA],
 ) -> None:

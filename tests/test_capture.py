@@ -34,6 +34,8 @@ from sealog.client.note import Ed25519Signer, Ed25519Verifier
 from sealog.server.app import LogServer
 from sealog.server.config import Settings
 
+pytestmark = pytest.mark.slow  # stops and reopens logs under running shippers
+
 WAIT_S = 20.0  # generous bound for anything that should happen "soon"
 FAST_RETRY: dict[str, Any] = {"retry_initial_s": 0.05, "retry_max_s": 0.3}
 
@@ -73,9 +75,9 @@ class PinnedLog:
 
     def start(self) -> LogServer:
         self.server = LogServer.open(self.data_dir, address=self.target)
+        return self.server
 
     def stop(self) -> None:
-        return self.server
         if self.server is not None:
             self.server.stop(grace=1.0)
             self.server = None

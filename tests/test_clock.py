@@ -27,6 +27,8 @@ from sealog.server.log import Log
 from sealog.server.sequencer import AppendItem
 from sealog.server.servicer import SERVICE_NAME
 
+pytestmark = pytest.mark.slow  # logs whose clock is behind, until it catches up
+
 ORIGIN = "sealog.localhost/log"
 SIGNER = Ed25519Signer.generate(ORIGIN)
 T0 = 1_700_000_000_000

@@ -29,6 +29,8 @@ from sealog.server import fsck_process
 from sealog.server.sequencer import AppendItem
 from sealog.v1 import log_pb2, log_pb2_grpc
 
+pytestmark = pytest.mark.slow  # runs sealog fsck and sealog serve on damaged copies
+
 ENTRIES = 10_000
 PAGE_FLAGS_AT = 10  # in an LMDB page header: pgno (8 bytes), pad (2), flags (2), lower, upper
 

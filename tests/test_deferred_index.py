@@ -196,6 +196,7 @@ def test_a_snapshot_older_than_a_flush_is_not_trusted_with_the_newer_tail(
         storage.close()
 
 
+@pytest.mark.slow
 def test_by_hash_lookups_under_load_never_miss_a_committed_leaf(tmp_path: Path) -> None:
     """Readers race appends and small flushes: a leaf in the tree is always found."""
     settings = Settings(index_flush_entries=50, index_flush_chunk_entries=10)
@@ -326,6 +327,7 @@ class _FlakyIndexes:
         self.inner.close()
 
 
+@pytest.mark.slow
 def test_appends_wait_while_too_many_leaves_are_unindexed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

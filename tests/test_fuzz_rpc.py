@@ -34,6 +34,8 @@ from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.servicer import SERVICE_NAME
 from sealog.v1 import log_pb2
 
+pytestmark = pytest.mark.slow  # random requests to a running server
+
 SIZE = 40
 LIMITS = Settings(
     max_entry_bytes=1024,
@@ -128,9 +130,9 @@ def _scalar(field: FieldDescriptor, samples: list[bytes]) -> st.SearchStrategy[A
             st.text(max_size=40),
         )
     if t == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
         return st.sampled_from([v.number for v in field.enum_type.values])
     raise AssertionError(f"no strategy for {field.full_name} (type {t})")
-        assert field.enum_type is not None
 
 
 def message_strategy(desc: Descriptor, samples: list[bytes], depth: int = 0) -> Any:
@@ -140,9 +142,9 @@ def message_strategy(desc: Descriptor, samples: list[bytes], depth: int = 0) -> 
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if depth >= 2:
                 continue
+            assert field.message_type is not None
             one: st.SearchStrategy[Any] = message_strategy(field.message_type, samples, depth + 1)
         else:
-            assert field.message_type is not None
             one = _scalar(field, samples)
         fields[field.name] = st.lists(one, max_size=12) if field.is_repeated else one
     return st.fixed_dictionaries({}, optional=fields).map(lambda kw: cls(**kw))
@@ -213,9 +215,9 @@ def _random_message(rng: random.Random, desc: Descriptor, samples: list[bytes]) 
         count = rng.randrange(0, 12) if field.is_repeated else 1
         for _ in range(count):
             if field.type == FieldDescriptor.TYPE_MESSAGE:
+                assert field.message_type is not None
                 value: Any = _random_message(rng, field.message_type, samples)
             elif field.type == FieldDescriptor.TYPE_BYTES:
-                assert field.message_type is not None
                 value = rng.choice([rng.randbytes(rng.randrange(0, 1100)), rng.choice(samples)])
             elif field.type == FieldDescriptor.TYPE_STRING:
                 value = rng.choice(["", f"key-{rng.randrange(50)}", "caf\u00e9", "x" * 40])
@@ -235,7 +237,6 @@ def _random_message(rng: random.Random, desc: Descriptor, samples: list[bytes]) 
     return msg
 
 
-@pytest.mark.slow
 def test_many_threads_of_random_requests(channel: grpc.Channel, samples: list[bytes]) -> None:
     threads, per_thread = 8, 400
     outcomes: Counter[str] = Counter()

@@ -32,6 +32,8 @@ from sealog.server.entry_streams import EntryStreams, peer_address
 from sealog.server.errors import ResourceExhaustedError
 from sealog.v1 import log_pb2, log_pb2_grpc
 
+pytestmark = pytest.mark.slow  # fills sealog serve processes and holds streams and connections open
+
 MIB = 1024 * 1024
 _BIG = [("grpc.max_receive_message_length", 100 * MIB), ("grpc.max_send_message_length", 100 * MIB)]
 _UNREAD = [*_BIG, ("grpc.http2.bdp_probe", 0)]

@@ -157,6 +157,7 @@ def test_state_for_another_key_or_tampered_is_refused(log: RunningLog, tmp_path:
         make_monitor(log, tmp_path / "m")
 
 
+@pytest.mark.slow
 def test_unreachable_log_is_an_error_not_evidence(log: RunningLog, tmp_path: Path) -> None:
     log.client().append(b"a")
     monitor = make_monitor(log, tmp_path / "m", timeout_s=2.0)
@@ -227,6 +228,7 @@ def test_loaded_state_is_reverified(log: RunningLog, tmp_path: Path) -> None:
     assert state is not None and isinstance(state.checkpoint, SignedCheckpoint)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "summary"),
     [
@@ -245,6 +247,7 @@ def test_new_commands_say_what_they_do(tmp_path: Path, command: str, summary: st
     assert summary in " ".join(result.stdout.lower().split())
 
 
+@pytest.mark.slow
 def test_full_audit_catch_up_shows_progress(log: RunningLog, tmp_path: Path) -> None:
     client = log.client()
     for start in range(0, 12_000, 1000):

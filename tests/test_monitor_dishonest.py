@@ -223,6 +223,7 @@ def test_stale_witness_cosignature_is_caught(harness: Harness) -> None:
     assert evidence.witness_vkey == WITNESS.verifier().vkey
 
 
+@pytest.mark.slow
 def test_check_evidence_cli_confirms_and_refuses(harness: Harness, tmp_path: Path) -> None:
     monitor = harness.monitor()
     trust_and_follow(harness.fake, monitor)
