@@ -85,8 +85,9 @@ ALLOWED_THIRD_PARTY: dict[str, frozenset[str]] = {
 def layer_of(module: str) -> str | None:
     """The layer of a sealog module by its dotted name, or None if the name is outside sealog.
 
-    Precondition: ``module`` is an absolute dotted name. A name under ``sealog`` that fits no
-    layer (say ``sealog.tools``) is the ``"unknown"`` layer, which no layer may import.
+    Precondition: ``module`` is an absolute dotted name. The cli is ``sealog.server.cli``,
+    its submodules and the ``sealog.server.cli_*`` modules. A name under ``sealog`` that fits
+    no layer (say ``sealog.tools``) is the ``"unknown"`` layer, which no layer may import.
     """
     parts = module.split(".")
     if parts[0] != "sealog":
@@ -132,9 +133,9 @@ def _resolve(importer: str, is_package: bool, level: int, target: str | None) ->
 def imported_modules(module: str, is_package: bool, source: str) -> Iterator[str]:
     """Every module ``source`` imports, as absolute dotted names, wherever the import sits.
 
-    ``from package import name`` yields ``package.name`` when that is a sealog module name
-    with a layer of its own (a submodule), else ``package``: importing a submodule runs its
-    parent packages' ``__init__`` too, and those are not counted as a dependency.
+    ``from package import name`` yields ``package.name`` when that is one of the modules
+    under client/ or server/ (a submodule), else ``package``. Importing a submodule runs its
+    parent packages' ``__init__`` too; those are not counted as a dependency.
     """
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -192,7 +193,7 @@ def violations(module: str, is_package: bool, source: str) -> list[str]:
 
 
 def source_files() -> list[Path]:
-    """Every .py file of the installed sealog packages' source folders, generated code aside."""
+    """Every .py file under client/ and server/ (sealog.v1 is generated and not walked)."""
     return sorted(
         path
         for folder in ("client", "server")
