@@ -117,7 +117,7 @@ def _streams_phase(data: Path, entries: int, streams: int, settle_s: float) -> b
     with SealogServe(data, "--max-entry-streams-per-peer", str(streams)) as serve:
         serve.wait_ready()
         channel = grpc.insecure_channel(serve.target, options=_OPTS)
-        stub = log_pb2_grpc.LogServiceStub(channel)
+        stub = log_pb2_grpc.LogServiceStub(channel)  # type: ignore[no-untyped-call]
         _fill(stub, entries)
         size = entries
         base = _rss_mib(serve.pid)
@@ -127,7 +127,7 @@ def _streams_phase(data: Path, entries: int, streams: int, settle_s: float) -> b
         ]
         calls = []
         for i in range(streams):
-            unread = log_pb2_grpc.LogServiceStub(unread_channels[i % len(unread_channels)])
+            unread = log_pb2_grpc.LogServiceStub(unread_channels[i % len(unread_channels)])  # type: ignore[no-untyped-call]
             calls.append(
                 unread.GetEntries(log_pb2.GetEntriesRequest(start=0, end=size, tree_size=size))
             )
@@ -186,7 +186,7 @@ def _connections_phase(data: Path, connections: int, handshake_s: float) -> bool
     with SealogServe(data, "--handshake-timeout-s", str(handshake_s)) as serve:
         serve.wait_ready()
         channel = grpc.insecure_channel(serve.target, options=_OPTS)
-        stub = log_pb2_grpc.LogServiceStub(channel)
+        stub = log_pb2_grpc.LogServiceStub(channel)  # type: ignore[no-untyped-call]
         _fill(stub, 10)
         base, base_fds = _rss_mib(serve.pid), _fds(serve.pid)
         opened: list[socket.socket] = []
@@ -197,7 +197,7 @@ def _connections_phase(data: Path, connections: int, handshake_s: float) -> bool
         time.sleep(0.5)
         held_rss, held_fds = _rss_mib(serve.pid), _fds(serve.pid)
         fresh = grpc.insecure_channel(serve.target, options=_OPTS)  # a new client, meanwhile
-        normal = _normal_client(log_pb2_grpc.LogServiceStub(fresh), 10)
+        normal = _normal_client(log_pb2_grpc.LogServiceStub(fresh), 10)  # type: ignore[no-untyped-call]
         fresh.close()
         time.sleep(max(0.0, started + handshake_s + 2.0 - time.monotonic()))
         closed = sum(closed_by_peer(s) for s in opened)

@@ -75,6 +75,7 @@ def test_events_from_jsonl() -> None:
             events_from_jsonl([bad])
 
 
+@pytest.mark.slow
 def test_audit_cli_with_receipts(tmp_path: Path, log: RunningLog) -> None:
     common = ("--target", log.target, "--vkey", log.verifier.vkey)
     appended = run_sealog("append", *common, "--json", stdin="x\ny\nz\n", cwd=tmp_path)

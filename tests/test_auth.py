@@ -105,11 +105,18 @@ def _code(info: pytest.ExceptionInfo[BaseException]) -> grpc.StatusCode:
     return info.value.code()
 
 
+def _details(info: pytest.ExceptionInfo[BaseException]) -> str:
+    assert isinstance(info.value, grpc.RpcError)
+    details = info.value.details()
+    assert details is not None
+    return details
+
+
 def test_an_unauthenticated_append_is_refused(world: World) -> None:
     with pytest.raises(grpc.RpcError) as info:
         world.client().append(b"who am I?")
     assert _code(info) == grpc.StatusCode.UNAUTHENTICATED
-    assert "client certificate or an API key" in info.value.details()  # type: ignore[attr-defined]
+    assert "client certificate or an API key" in _details(info)
 
 
 def test_mtls_append_is_stamped_with_the_spiffe_id(world: World) -> None:
@@ -142,7 +149,7 @@ def test_a_read_only_identity_cannot_append_but_can_read(world: World) -> None:
     with pytest.raises(grpc.RpcError) as info:
         reader.append(b"not allowed")
     assert _code(info) == grpc.StatusCode.PERMISSION_DENIED
-    assert "needs role 'append'" in info.value.details()  # type: ignore[attr-defined]
+    assert "needs role 'append'" in _details(info)
     assert reader.checkpoint().checkpoint.size == 0
 
 
@@ -163,7 +170,7 @@ def test_a_witness_identity_can_only_cosign(world: World) -> None:
     with pytest.raises((grpc.RpcError, SealogError)) as cosign:
         witness.add_cosignature(note)
     if isinstance(cosign.value, grpc.RpcError):
-        assert "needs role" not in cosign.value.details()  # type: ignore[attr-defined]
+        assert "needs role" not in _details(cosign)
     with pytest.raises(grpc.RpcError) as admin:
         witness.reload_policy()
     assert _code(admin) == grpc.StatusCode.PERMISSION_DENIED
@@ -177,8 +184,8 @@ def test_a_revoked_key_is_refused_after_reload(world: World) -> None:
     with pytest.raises(grpc.RpcError) as info:
         ci.append(b"after revocation")
     assert _code(info) == grpc.StatusCode.UNAUTHENTICATED
-    assert "not valid" in info.value.details()  # type: ignore[attr-defined]
-    assert world.ci_key not in info.value.details()  # type: ignore[attr-defined]
+    assert "not valid" in _details(info)
+    assert world.ci_key not in _details(info)
 
 
 def test_a_broken_policy_file_keeps_the_old_policy(world: World) -> None:
@@ -196,7 +203,7 @@ def test_per_identity_quota(world: World) -> None:
     with pytest.raises(grpc.RpcError) as info:
         ci.append(b"4")
     assert _code(info) == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "quota" in info.value.details()  # type: ignore[attr-defined]
+    assert "quota" in _details(info)
     billing.append(b"others are not starved")
 
 
@@ -234,6 +241,7 @@ def test_search_finds_one_identitys_events_in_a_time_window(world: World) -> Non
     assert [e.parse().payload for e in billing_found] == [b"billing 0", b"billing 1", b"billing 2"]
 
 
+@pytest.mark.slow
 def test_signing_key_rotation_keeps_every_client_verifying(tmp_path: Path) -> None:
     data = tmp_path / "data"
     old = LogServer.open(data)  # generates data/log.key
@@ -272,7 +280,7 @@ def test_a_certificate_cannot_take_an_api_key_identitys_name(world: World) -> No
     with pytest.raises(grpc.RpcError) as info:
         world.client(fake_ops).reload_policy()
     assert _code(info) == grpc.StatusCode.PERMISSION_DENIED
-    assert "authenticates with an API key" in info.value.details()  # type: ignore[attr-defined]
+    assert "authenticates with an API key" in _details(info)
     fake_ci = world.ca.issue("fake-ci", cn="ci-bot")
     with pytest.raises(grpc.RpcError) as append:
         world.client(fake_ci).append(b"stamped as ci-bot?")
@@ -290,7 +298,7 @@ def test_an_api_key_cannot_take_a_certificate_identitys_name(world: World) -> No
     with pytest.raises(grpc.RpcError) as info:
         world.client(api_key=world.admin_key).reload_policy()
     assert _code(info) == grpc.StatusCode.FAILED_PRECONDITION
-    assert "auth = 'mtls'" in info.value.details()  # type: ignore[attr-defined]
+    assert "auth = 'mtls'" in _details(info)
 
 
 @pytest.fixture
@@ -309,6 +317,7 @@ def open_mtls(tmp_path: Path) -> Iterator[tuple[LogServer, TestCA]]:
         server.stop()
 
 
+@pytest.mark.slow
 def test_an_overlong_certificate_identity_is_refused_and_harms_no_other_append(
     open_mtls: tuple[LogServer, TestCA],
 ) -> None:

@@ -25,6 +25,8 @@ from sealog.server.backup import CHECKPOINT_FILE, INCOMPLETE_MARK, BackupError, 
 from sealog.server.lmdb_layout import hash_location
 from sealog.server.sequencer import AppendItem
 
+pytestmark = pytest.mark.slow  # backs up logs while they take appends
+
 
 def fill(log: RunningLog, count: int, tag: str = "bulk") -> None:
     """Append ``count`` keyed entries in-process, in batches of 1,000."""
@@ -70,7 +72,6 @@ def test_backup_of_log_over_50_entries_does_not_crash(
     assert leftovers(tmp_path / "backup") == []
 
 
-@pytest.mark.slow
 def test_backup_and_restore_of_10000_entries_while_appends_continue(
     open_log: OpenLog, tmp_path: Path
 ) -> None:
@@ -199,7 +200,6 @@ def test_a_backup_leaves_a_folder_being_written_by_another_alone(
     assert (dest / CHECKPOINT_FILE).exists()
 
 
-@pytest.mark.slow
 def test_a_backup_under_load_restores_to_a_prefix_of_the_live_log(
     serve: Serve, tmp_path: Path
 ) -> None:

@@ -149,6 +149,7 @@ def test_a_payload_that_ends_the_stored_one_is_another_event(gated: tuple[Log, G
     assert log.submit([AppendItem(longer, "k")], "ci").result(10).entries[0].duplicate
 
 
+@pytest.mark.slow
 def test_conflicts_are_found_in_the_stored_index_at_10000_entries(tmp_path: Path) -> None:
     """Keys flushed to the stored idempotency index (not only the in-memory tail)."""
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs a benchmark
+
 REPO = Path(__file__).resolve().parent.parent
 
 

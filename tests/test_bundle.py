@@ -113,6 +113,7 @@ def test_malformed_bundles(text: bytes) -> None:
         ProofBundle.parse(text)
 
 
+@pytest.mark.slow
 def test_prove_bundle_and_verify_cli(tmp_path: Path) -> None:
     proc = ServeProcess(tmp_path / "data", cwd=tmp_path)
     try:

@@ -25,6 +25,8 @@ from sealog.client.note import Ed25519Signer, Ed25519Verifier
 from sealog.client.verify import verify_consistency
 from sealog.server.policy import hash_api_key, new_api_key
 
+pytestmark = pytest.mark.slow  # runs the sealog command against sealog serve processes
+
 # Each command's one-line summary, as `sealog --help` lists it.
 SUBCOMMANDS = {
     "keygen": "create an Ed25519 signing key",

@@ -156,6 +156,7 @@ def payloads_in(log: RunningLog) -> list[bytes]:
         return [e.parse().payload for e in client.entries()]
 
 
+@pytest.mark.slow
 def test_cli_append_over_a_quota_waits_as_told_and_lands_every_event_once(
     open_log: OpenLog, tmp_path: Path
 ) -> None:
@@ -173,6 +174,7 @@ def test_cli_append_over_a_quota_waits_as_told_and_lands_every_event_once(
     assert payloads_in(log) == [b"a", b"b", b"c"]
 
 
+@pytest.mark.slow
 def test_log_client_over_a_quota_lands_every_event_once(open_log: OpenLog, tmp_path: Path) -> None:
     log, token = quota_log(open_log, tmp_path, rate=4, burst=2)
     events = [f"event {i}".encode() for i in range(8)]
@@ -195,7 +197,7 @@ def test_a_retry_delay_over_the_client_maximum_is_raised_not_waited(
         client.append(b"the only one for a while")
         with pytest.raises(grpc.RpcError) as caught:
             client.append(b"too soon")
-    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert payloads_in(log) == [b"the only one for a while"]
 
 
@@ -221,6 +223,7 @@ class _UnavailableAfterCommit(grpc.UnaryUnaryClientInterceptor):  # type: ignore
         return outcome
 
 
+@pytest.mark.slow
 def test_a_retry_after_a_lost_answer_is_a_duplicate_not_a_second_copy(log: RunningLog) -> None:
     interceptor = _UnavailableAfterCommit()
     channel = grpc.intercept_channel(grpc.insecure_channel(log.target), interceptor)

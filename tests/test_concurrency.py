@@ -6,10 +6,13 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from e2e_support import RunningLog, recompute_root, run_threads
 
 from sealog.client.checkpoint import SignedCheckpoint
 from sealog.client.log_client import AppendResult, Receipt
+
+pytestmark = pytest.mark.slow  # thousands of appends from many threads
 
 THREADS = 32
 PER_THREAD = 200

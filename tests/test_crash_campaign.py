@@ -15,6 +15,8 @@ from types import ModuleType
 
 import pytest
 
+pytestmark = pytest.mark.slow  # kills sealog serve processes
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -24,7 +26,6 @@ def _figure(out: str, label: str) -> int:
     return int(m.group(1).replace(",", ""))
 
 
-@pytest.mark.slow
 def test_three_kill_9_cycles_lose_nothing() -> None:
     proc = subprocess.run(
         [

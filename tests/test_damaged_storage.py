@@ -29,6 +29,8 @@ from sealog.server import fsck_process
 from sealog.server.sequencer import AppendItem
 from sealog.v1 import log_pb2, log_pb2_grpc
 
+pytestmark = pytest.mark.slow  # runs sealog fsck and sealog serve on damaged copies
+
 ENTRIES = 10_000
 PAGE_FLAGS_AT = 10  # in an LMDB page header: pgno (8 bytes), pad (2), flags (2), lower, upper
 
@@ -202,11 +204,11 @@ def test_fsck_names_a_signal_that_kills_its_reader(
         '#!/bin/sh\necho \'{"problem": "entries[5]: found before the fault"}\'\nkill -SEGV $$\n'
     )
     child.chmod(child.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setattr(fsck_process.sys, "executable", str(child))
+    monkeypatch.setattr(sys, "executable", str(child))
     try:
         report = fsck_process.fsck_storage(pristine.data_dir / "db", pristine.vkey)
     finally:
-        monkeypatch.setattr(fsck_process.sys, "executable", sys.executable)
+        monkeypatch.setattr(sys, "executable", sys.executable)
 
     assert report.problems[0] == "entries[5]: found before the fault"
     assert "killed the checker with SIGSEGV" in report.problems[1]

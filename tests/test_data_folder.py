@@ -29,6 +29,8 @@ from sealog.server.data_folder import (
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.log import StartupCheckError
 
+pytestmark = pytest.mark.slow  # starts sealog serve processes
+
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
     """Every file under ``folder`` but the lock: mode and bytes."""

@@ -196,6 +196,7 @@ def test_a_snapshot_older_than_a_flush_is_not_trusted_with_the_newer_tail(
         storage.close()
 
 
+@pytest.mark.slow
 def test_by_hash_lookups_under_load_never_miss_a_committed_leaf(tmp_path: Path) -> None:
     """Readers race appends and small flushes: a leaf in the tree is always found."""
     settings = Settings(index_flush_entries=50, index_flush_chunk_entries=10)
@@ -320,12 +321,13 @@ class _FlakyIndexes:
                 self._w.index_leaves(*args)
 
         with self.inner.write() as w:
-            yield Batch(w)  # type: ignore[misc]
+            yield Batch(w)
 
     def close(self) -> None:
         self.inner.close()
 
 
+@pytest.mark.slow
 def test_appends_wait_while_too_many_leaves_are_unindexed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -334,7 +336,7 @@ def test_appends_wait_while_too_many_leaves_are_unindexed(
     settings = Settings(
         index_flush_entries=10, index_flush_chunk_entries=4, max_unindexed_entries=30
     )
-    log = Log(storage, SIGNER, SIGNER.verifier(), ORIGIN, settings)  # type: ignore[arg-type]
+    log = Log(storage, SIGNER, SIGNER.verifier(), ORIGIN, settings)
     try:
         for b in range(3):
             log.append(keyed(f"k{b}-", 10), "svc")  # accepted while the flush fails
@@ -508,7 +510,7 @@ def _items(items: list[tuple[int, bytes]]) -> bytes:
     return b"".join(_U64.pack(i) + d for i, d in items)
 
 
-def _identity_record(fn: Callable[[Any, Any, bytes, bytes], None], index: int) -> Edit:
+def _identity_record(fn: Callable[[Any, Any, bytes, bytes], object], index: int) -> Edit:
     """Call ``fn(txn, db, key, value)`` with the by_identity record of the run from ``index``."""
 
     def edit(txn: Any, db: Any) -> None:
@@ -719,6 +721,7 @@ def test_a_flush_drops_the_key_digests_it_indexed(
     db = _edited(populated[0], tmp_path / "copy", lambda env: None)
     with opened(db, NEVER) as log:
         log.append(keyed("d", 3), "alice")  # kept too, in a second record
+        assert isinstance(log.storage, LmdbStorage)
         with log.storage.read() as snap:
             assert [i for i, _ in snap.iter_pending_digests()] == list(range(16, 24))
     # a clean stop flushes: everything is in the index, nothing kept
@@ -756,6 +759,7 @@ def test_a_run_goes_on_across_requests_batches_and_restarts(tmp_path: Path) -> N
         log.append([AppendItem(b"a4")], "alice")  # a new time: a new run
         log.append([AppendItem(b"b0")], "bob")
         log.append([AppendItem(b"a5")], "alice")  # after bob's: a new run
+        assert isinstance(log.storage, LmdbStorage)
         with log.storage.read() as snap:
             runs = sorted((index, ms) for _, ms, index in snap.iter_identity_index())
         assert runs == [(0, clock.now - 1), (4, clock.now), (5, clock.now), (6, clock.now)]

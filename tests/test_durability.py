@@ -28,6 +28,8 @@ from sealog.client.note import Ed25519Signer
 from sealog.client.proof import NodeID
 from sealog.server.lmdb_layout import hash_location
 
+pytestmark = pytest.mark.slow  # crashes and restarts sealog serve processes
+
 CYCLES = 3
 WRITERS = 6
 
@@ -102,7 +104,6 @@ def _check_restarted(proc: ServeProcess, vkey: str, ledger: Ledger) -> LogClient
     return client
 
 
-@pytest.mark.slow
 def test_crash_mid_load_loses_nothing_acknowledged(serve: Serve, tmp_path: Path) -> None:
     """``kill -9`` at a random moment under load, CYCLES times, then SIGTERM under load."""
     data_dir = tmp_path / "data"

@@ -49,6 +49,8 @@ NOTE = sign_checkpoint(CHECKPOINT, SIGNER)
 COSIGNED = cosign_checkpoint(NOTE, WITNESS)
 LEAF = Leaf(1767225600000, "spiffe://example.org/ci", b"deploy").to_bytes()
 
+# A thousand examples a test: marked slow, so they run in the full suite only; the fast lane
+# keeps each parser's own property tests (test_note.py, test_checkpoint.py, test_leaf.py, ...).
 FUZZ = settings(
     max_examples=1000,
     deadline=timedelta(seconds=1),  # every single input is answered quickly
@@ -87,6 +89,7 @@ def only_sealog_errors(call: Callable[[], Any]) -> Any:
 
 
 # --- leaves -------------------------------------------------------------------------------------
+@pytest.mark.slow
 @FUZZ
 @given(st.one_of(st.binary(max_size=2000), mutated(LEAF)))
 def test_leaf_parse_accepts_only_what_it_would_write(data: bytes) -> None:
@@ -101,6 +104,7 @@ def test_leaf_parse_accepts_only_what_it_would_write(data: bytes) -> None:
 notes = st.one_of(st.binary(max_size=1500), mutated(NOTE), mutated(COSIGNED), st.just(NOTE + b"\n"))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(notes)
 def test_parse_note_raises_only_note_format_errors(data: bytes) -> None:
@@ -112,6 +116,7 @@ def test_parse_note_raises_only_note_format_errors(data: bytes) -> None:
     assert 1 <= len(signatures) <= 100
 
 
+@pytest.mark.slow
 @FUZZ
 @given(notes)
 def test_a_mutated_note_never_opens_as_other_text(data: bytes) -> None:
@@ -122,6 +127,7 @@ def test_a_mutated_note_never_opens_as_other_text(data: bytes) -> None:
     assert opened.text == CHECKPOINT.to_bytes()  # only the signed text can verify
 
 
+@pytest.mark.slow
 @FUZZ
 @given(notes)
 def test_a_mutated_checkpoint_never_verifies_as_another(data: bytes) -> None:
@@ -130,6 +136,7 @@ def test_a_mutated_checkpoint_never_verifies_as_another(data: bytes) -> None:
         assert signed.checkpoint == CHECKPOINT
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.one_of(st.binary(max_size=600), mutated(CHECKPOINT.to_bytes())))
 def test_checkpoint_parse_accepts_only_what_it_would_write(data: bytes) -> None:
@@ -155,6 +162,7 @@ keys_in = st.one_of(
 not_text = st.one_of(st.none(), st.integers(), st.binary(max_size=60), st.lists(st.text()))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(key=st.one_of(keys_in, not_text))
 @pytest.mark.parametrize(
@@ -192,6 +200,7 @@ hashes = st.one_of(st.binary(min_size=32, max_size=32), st.binary(max_size=40))
 proofs = st.lists(hashes, max_size=70)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(ints, ints, hashes, proofs, hashes)
 def test_verify_inclusion_with_random_inputs(
@@ -200,6 +209,7 @@ def test_verify_inclusion_with_random_inputs(
     only_sealog_errors(lambda: verify_inclusion(index, size, leaf_hash, proof, root))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(ints, ints, hashes, hashes, proofs)
 def test_verify_consistency_with_random_inputs(
@@ -208,6 +218,7 @@ def test_verify_consistency_with_random_inputs(
     only_sealog_errors(lambda: verify_consistency(size1, size2, root1, root2, proof))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(ints, st.lists(hashes, max_size=40), ints, hashes, proofs, proofs, ints)
 def test_verify_range_with_random_inputs(

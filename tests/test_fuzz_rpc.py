@@ -34,6 +34,8 @@ from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.servicer import SERVICE_NAME
 from sealog.v1 import log_pb2
 
+pytestmark = pytest.mark.slow  # random requests to a running server
+
 SIZE = 40
 LIMITS = Settings(
     max_entry_bytes=1024,
@@ -52,9 +54,7 @@ FORBIDDEN = {
     grpc.StatusCode.UNIMPLEMENTED,
 }
 TIMEOUT_S = 10.0
-METHODS: list[MethodDescriptor] = list(
-    log_pb2.DESCRIPTOR.services_by_name["LogService"].methods  # type: ignore[attr-defined]
-)
+METHODS: list[MethodDescriptor] = list(log_pb2.DESCRIPTOR.services_by_name["LogService"].methods)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,7 @@ def _scalar(field: FieldDescriptor, samples: list[bytes]) -> st.SearchStrategy[A
             st.text(max_size=40),
         )
     if t == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
         return st.sampled_from([v.number for v in field.enum_type.values])
     raise AssertionError(f"no strategy for {field.full_name} (type {t})")
 
@@ -141,6 +142,7 @@ def message_strategy(desc: Descriptor, samples: list[bytes], depth: int = 0) -> 
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if depth >= 2:
                 continue
+            assert field.message_type is not None
             one: st.SearchStrategy[Any] = message_strategy(field.message_type, samples, depth + 1)
         else:
             one = _scalar(field, samples)
@@ -153,12 +155,12 @@ def call(channel: grpc.Channel, method: MethodDescriptor, request: bytes) -> grp
     path = f"/{SERVICE_NAME}/{method.name}"
     try:
         if method.server_streaming:
-            for _ in channel.unary_stream(path)(request, timeout=TIMEOUT_S):
+            for _ in channel.unary_stream(path, None, None)(request, timeout=TIMEOUT_S):
                 pass
         else:
-            channel.unary_unary(path)(request, timeout=TIMEOUT_S)
+            channel.unary_unary(path, None, None)(request, timeout=TIMEOUT_S)
     except grpc.RpcError as e:
-        return e.code()  # type: ignore[no-any-return]
+        return e.code()
     return grpc.StatusCode.OK
 
 
@@ -213,6 +215,7 @@ def _random_message(rng: random.Random, desc: Descriptor, samples: list[bytes]) 
         count = rng.randrange(0, 12) if field.is_repeated else 1
         for _ in range(count):
             if field.type == FieldDescriptor.TYPE_MESSAGE:
+                assert field.message_type is not None
                 value: Any = _random_message(rng, field.message_type, samples)
             elif field.type == FieldDescriptor.TYPE_BYTES:
                 value = rng.choice([rng.randbytes(rng.randrange(0, 1100)), rng.choice(samples)])
@@ -234,7 +237,6 @@ def _random_message(rng: random.Random, desc: Descriptor, samples: list[bytes]) 
     return msg
 
 
-@pytest.mark.slow
 def test_many_threads_of_random_requests(channel: grpc.Channel, samples: list[bytes]) -> None:
     threads, per_thread = 8, 400
     outcomes: Counter[str] = Counter()

@@ -62,6 +62,7 @@ def test_retry_after_a_lost_response_is_one_leaf(log: RunningLog, client: LogCli
     assert payloads_in_log(client) == [b"before", b"exactly once"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retry_before_commit", [False, True], ids=["after", "during"])
 def test_retry_after_a_client_timeout_is_one_leaf(
     open_log: OpenLog, retry_before_commit: bool
@@ -88,6 +89,7 @@ def test_retry_after_a_client_timeout_is_one_leaf(
     assert payloads_in_log(client) == [b"maybe twice?"]
 
 
+@pytest.mark.slow
 def test_a_commit_slower_than_the_append_timeout(open_log: OpenLog) -> None:
     """The server gives up waiting (UNAVAILABLE, "retry with the same keys") but still
     commits; the retry with the same key is a duplicate, so the event lands once."""
@@ -176,6 +178,7 @@ def test_concurrent_retries_of_one_event_are_one_leaf(log: RunningLog) -> None:
     assert payloads_in_log(clients[0]) == [b"racing retries"]
 
 
+@pytest.mark.slow
 def test_keys_survive_a_restart(open_log: OpenLog) -> None:
     first = open_log()
     receipt = first.client().append(b"before restart", idempotency_key="persist-1")

@@ -32,6 +32,8 @@ from sealog.server.entry_streams import EntryStreams, peer_address
 from sealog.server.errors import ResourceExhaustedError
 from sealog.v1 import log_pb2, log_pb2_grpc
 
+pytestmark = pytest.mark.slow  # fills sealog serve processes and holds streams and connections open
+
 MIB = 1024 * 1024
 _BIG = [("grpc.max_receive_message_length", 100 * MIB), ("grpc.max_send_message_length", 100 * MIB)]
 _UNREAD = [*_BIG, ("grpc.http2.bdp_probe", 0)]
@@ -93,7 +95,7 @@ def _eventually(check: Callable[[], bool], within_s: float = 20.0) -> bool:
 def _open_unread(target: str, count: int, size: int) -> tuple[list[grpc.Channel], list[object]]:
     channels = [grpc.insecure_channel(target, options=_UNREAD) for _ in range(max(1, count // 10))]
     calls = [
-        log_pb2_grpc.LogServiceStub(channels[i % len(channels)]).GetEntries(
+        log_pb2_grpc.LogServiceStub(channels[i % len(channels)]).GetEntries(  # type: ignore[no-untyped-call]
             log_pb2.GetEntriesRequest(start=0, end=size, tree_size=size)
         )
         for i in range(count)
@@ -112,7 +114,7 @@ def test_unread_entry_streams_do_not_pile_up_server_memory(serve: Serve, tmp_pat
     took the server from 66 MiB to 1.35 GiB.)"""
     server = serve(tmp_path / "data")
     channel = grpc.insecure_channel(server.target, options=_BIG)
-    stub = log_pb2_grpc.LogServiceStub(channel)
+    stub = log_pb2_grpc.LogServiceStub(channel)  # type: ignore[no-untyped-call]
     size = 1000
     _fill(stub, size, 60_000)  # 60 MB of leaves
     before = _rss_mib(server.pid)
@@ -150,12 +152,12 @@ def test_entry_streams_over_the_global_cap_are_refused_until_one_ends(open_log: 
         call.initial_metadata()  # type: ignore[attr-defined]  # sent with the first page: admitted
     extra_channel = grpc.insecure_channel(log.target, options=_UNREAD)
     try:
-        extra = log_pb2_grpc.LogServiceStub(extra_channel)
+        extra = log_pb2_grpc.LogServiceStub(extra_channel)  # type: ignore[no-untyped-call]
         request = log_pb2.GetEntriesRequest(start=0, end=size, tree_size=size)
         with pytest.raises(grpc.RpcError) as refused:
             next(extra.GetEntries(request, timeout=10))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "max_entry_streams 3" in refused.value.details()
+        assert "max_entry_streams 3" in (refused.value.details() or "")
         assert _retry_delay_s(refused.value) > 0
         _served(stub, size)
 
@@ -163,7 +165,8 @@ def test_entry_streams_over_the_global_cap_are_refused_until_one_ends(open_log: 
 
         def admitted() -> bool:
             try:
-                return next(extra.GetEntries(request, timeout=10)).start == 0
+                page: log_pb2.EntriesPage = next(extra.GetEntries(request, timeout=10))
+                return page.start == 0
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 return False
@@ -191,7 +194,7 @@ def test_stalled_entry_stream_ends_with_deadline_exceeded(open_log: OpenLog) -> 
             for page in calls[0]:  # type: ignore[attr-defined]
                 got += len(page.leaves)
         assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "entry_stream_stall_s" in ended.value.details()
+        assert "entry_stream_stall_s" in (ended.value.details() or "")
         assert 0 < got < size
         _served(stub, size)
     finally:
@@ -290,13 +293,13 @@ def test_idle_connections_do_not_lock_out_new_clients_at_the_common_fd_limit(
     soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert soft_limit >= 1100 + FD_RESERVE  # this test process holds the other ends
     with grpc.insecure_channel(server.target) as channel:
-        _fill(log_pb2_grpc.LogServiceStub(channel), 10, 100)
+        _fill(log_pb2_grpc.LogServiceStub(channel), 10, 100)  # type: ignore[no-untyped-call]
     idle = _raw_connections(server, 1100)
     try:
         time.sleep(0.5)
         # A connection of its own (grpc would otherwise share an open one).
         with grpc.insecure_channel(server.target, options=_NEW_CONNECTION) as fresh:
-            _served(log_pb2_grpc.LogServiceStub(fresh), 10)
+            _served(log_pb2_grpc.LogServiceStub(fresh), 10)  # type: ignore[no-untyped-call]
     finally:
         for s in idle:
             s.close()
@@ -326,7 +329,7 @@ def test_connections_are_capped_and_idle_ones_closed(serve: Serve, tmp_path: Pat
         for s in idle:
             s.close()
     channel = grpc.insecure_channel(server.target)
-    stub = log_pb2_grpc.LogServiceStub(channel)
+    stub = log_pb2_grpc.LogServiceStub(channel)  # type: ignore[no-untyped-call]
     _fill(stub, 10, 100)
     _served(stub, 10)
     assert _fds(server.pid) > base  # the channel's connection
@@ -367,7 +370,7 @@ def test_cancelled_entry_streams_leave_no_traceback_in_the_server_log(
     a deadline expire, or vanish mid-stream: normal, so nothing above debug in the log."""
     server = serve(tmp_path / "data")
     channel = grpc.insecure_channel(server.target, options=_BIG)
-    stub = log_pb2_grpc.LogServiceStub(channel)
+    stub = log_pb2_grpc.LogServiceStub(channel)  # type: ignore[no-untyped-call]
     size = 2000
     _fill(stub, size, 10_000)
     request = log_pb2.GetEntriesRequest(start=0, end=size, tree_size=size)

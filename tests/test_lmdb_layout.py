@@ -19,7 +19,7 @@ from sealog.server.lmdb_layout import (
 
 def _completion_order(leaves: int) -> list[tuple[int, int]]:
     """The stored nodes in the order appending ``leaves`` leaves completes them."""
-    order = []
+    order: list[tuple[int, int]] = []
     for i in range(leaves):
         completed = (i ^ (i + 1)).bit_length()  # the leaf, then one node a trailing one bit
         order.extend((level, i >> level) for level in range(completed) if is_stored(level))

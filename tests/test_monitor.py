@@ -6,6 +6,7 @@ import io
 import json
 import random
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 from e2e_support import OpenLog, RunningLog, recompute_root, run_sealog
@@ -33,6 +34,12 @@ def make_monitor(log: RunningLog, state_dir: Path, **options: object) -> LogMoni
         **options,  # type: ignore[arg-type]
     )
     return LogMonitor(config, out=io.StringIO(), err=io.StringIO())
+
+
+def _printed(stream: TextIO) -> str:
+    """What a monitor from :func:`make_monitor` has written so far to ``out`` or ``err``."""
+    assert isinstance(stream, io.StringIO)
+    return stream.getvalue()
 
 
 @pytest.mark.slow
@@ -90,13 +97,13 @@ def test_state_is_replaced_only_by_verified_checkpoints(log: RunningLog, tmp_pat
     try:
         first = monitor.poll()
         assert first.outcome == "ok" and first.size == 2
-        assert "TRUST ON FIRST USE" in monitor.out.getvalue()  # type: ignore[attr-defined]
+        assert "TRUST ON FIRST USE" in _printed(monitor.out)
         saved = json.loads(monitor.state_path.read_text())
         assert saved["checkpoint"].encode() == client.checkpoint().note
         assert saved["log_vkey"] == log.verifier.vkey and "audit" not in saved
         client.append(b"c")
         assert monitor.poll().size == 3
-        assert "(+1)" in monitor.out.getvalue()  # type: ignore[attr-defined]
+        assert "(+1)" in _printed(monitor.out)
     finally:
         monitor.close()
     # A restart reads the state, re-verifies it, and does not trust on first use again.
@@ -104,7 +111,7 @@ def test_state_is_replaced_only_by_verified_checkpoints(log: RunningLog, tmp_pat
     try:
         assert again.state is not None and again.state.checkpoint.checkpoint.size == 3
         assert again.poll().outcome == "ok"
-        assert "TRUST ON FIRST USE" not in again.out.getvalue()  # type: ignore[attr-defined]
+        assert "TRUST ON FIRST USE" not in _printed(again.out)
         # Two monitors never share a state folder.
         with pytest.raises(MonitorStateError, match="another monitor"):
             make_monitor(log, tmp_path / "m")
@@ -122,7 +129,7 @@ def test_pinned_checkpoint_instead_of_tofu(log: RunningLog, tmp_path: Path) -> N
     try:
         result = monitor.poll()
         assert result.outcome == "ok" and result.size == 4 and result.audited == 4
-        out = monitor.out.getvalue()  # type: ignore[attr-defined]
+        out = _printed(monitor.out)
         assert "pinned checkpoint" in out and "TRUST ON FIRST USE" not in out
     finally:
         monitor.close()
@@ -150,6 +157,7 @@ def test_state_for_another_key_or_tampered_is_refused(log: RunningLog, tmp_path:
         make_monitor(log, tmp_path / "m")
 
 
+@pytest.mark.slow
 def test_unreachable_log_is_an_error_not_evidence(log: RunningLog, tmp_path: Path) -> None:
     log.client().append(b"a")
     monitor = make_monitor(log, tmp_path / "m", timeout_s=2.0)
@@ -194,7 +202,7 @@ pinned_checkpoint = "pin.cp"
     assert log.alert_command == ("notify", "--urgent")
     assert log.witnesses == (vkey,) and log.full_audit
     assert log.pinned_checkpoint == tmp_path / "pin.cp"
-    for bad, match in [
+    refused: list[tuple[dict[str, object], str]] = [
         ({"log": [{"target": "x", "vkey": real, "typo": 1}]}, "unknown settings"),
         ({"log": [{"target": "x"}]}, "give the log's key"),
         ({"log": [{"vkey": real}]}, "target"),
@@ -205,7 +213,8 @@ pinned_checkpoint = "pin.cp"
             {"log": [{"target": "x", "vkey": real, "witnesses": [vkey], "witness_threshold": 2}]},
             "threshold",
         ),
-    ]:
+    ]
+    for bad, match in refused:
         with pytest.raises(ValueError, match=match):
             MonitorConfig.from_dict(bad, tmp_path)
 
@@ -219,6 +228,7 @@ def test_loaded_state_is_reverified(log: RunningLog, tmp_path: Path) -> None:
     assert state is not None and isinstance(state.checkpoint, SignedCheckpoint)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "summary"),
     [
@@ -237,6 +247,7 @@ def test_new_commands_say_what_they_do(tmp_path: Path, command: str, summary: st
     assert summary in " ".join(result.stdout.lower().split())
 
 
+@pytest.mark.slow
 def test_full_audit_catch_up_shows_progress(log: RunningLog, tmp_path: Path) -> None:
     client = log.client()
     for start in range(0, 12_000, 1000):
@@ -247,13 +258,13 @@ def test_full_audit_catch_up_shows_progress(log: RunningLog, tmp_path: Path) -> 
     finally:
         monitor.close()
     assert result.outcome == "ok" and result.audited == 12_000
-    progress = monitor.err.getvalue()  # type: ignore[attr-defined]
+    progress = _printed(monitor.err)
     assert "m: full audit:" in progress and "leaves" in progress and "/s ETA" in progress
     assert "12,000/12,000 leaves (100.0%)" in progress and "done in" in progress
     # Caught up: the next poll is one status line, no progress.
     again = make_monitor(log, tmp_path / "m", full_audit=True)
     try:
         assert again.poll().outcome == "ok"
-        assert again.err.getvalue() == ""  # type: ignore[attr-defined]
+        assert _printed(again.err) == ""
     finally:
         again.close()

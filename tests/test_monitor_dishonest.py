@@ -96,7 +96,8 @@ def trust_and_follow(fake: FakeLog, *monitors: LogMonitor) -> None:
     for monitor in monitors:
         first = monitor.poll()
         assert first.outcome == "ok" and first.size == 8, first.line
-        assert "TRUST ON FIRST USE" in monitor.out.getvalue()  # type: ignore[attr-defined]
+        assert isinstance(monitor.out, io.StringIO)
+        assert "TRUST ON FIRST USE" in monitor.out.getvalue()
     fake.append([b"more %d" % i for i in range(5)])
     for monitor in monitors:
         second = monitor.poll()
@@ -222,6 +223,7 @@ def test_stale_witness_cosignature_is_caught(harness: Harness) -> None:
     assert evidence.witness_vkey == WITNESS.verifier().vkey
 
 
+@pytest.mark.slow
 def test_check_evidence_cli_confirms_and_refuses(harness: Harness, tmp_path: Path) -> None:
     monitor = harness.monitor()
     trust_and_follow(harness.fake, monitor)

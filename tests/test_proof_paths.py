@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from sealog.client.errors import InvalidProofError
 from sealog.client.proof import (
     MAX_TREE_SIZE,
+    NodeID,
     consistency_path,
     consistency_proof_nodes,
     inclusion_path,
@@ -62,8 +63,8 @@ def _as_path(ranges: Ranges) -> tuple[list[tuple[int, int]], list[int]]:
     return nodes, groups
 
 
-def _flat(groups: list[tuple[object, ...]]) -> tuple[list[tuple[int, int]], list[int]]:
-    nodes = [(n.level, n.index) for g in groups for n in g]  # type: ignore[attr-defined]
+def _flat(groups: list[tuple[NodeID, ...]]) -> tuple[list[tuple[int, int]], list[int]]:
+    nodes = [(n.level, n.index) for g in groups for n in g]
     return nodes, [len(g) for g in groups]
 
 

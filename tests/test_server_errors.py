@@ -324,6 +324,7 @@ def test_longest_allowed_key_and_empty_payload_are_accepted(tmp_path: Path) -> N
         running.stop()
 
 
+@pytest.mark.slow
 def test_append_when_the_sequencer_queue_is_full(open_log: OpenLog) -> None:
     """Two requests of 8 entries against a queue of 10 (held open 300 ms): one must wait."""
     log = open_log(settings=Settings(max_queued_entries=10, batch_max_wait_ms=300))
@@ -390,6 +391,7 @@ _CONTRACT = {
 _FIELD_VALUE_RULE = re.compile(r"^[A-Za-z]+Request\.[^:]+: .+, (want|but) .+")
 
 
+@pytest.mark.slow
 @settings(
     max_examples=1000,
     deadline=None,

@@ -42,7 +42,7 @@ class RecordingStorage(LmdbStorage):
         thread = threading.current_thread()
         with super().write() as w:
             batch = _Recording(w)
-            yield batch  # type: ignore[misc]
+            yield batch
         self.writes.append((thread, frozenset(batch.called)))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,10 +25,10 @@ from sealog.server.storage import (
 @pytest.fixture(params=["lmdb"])
 def open_storage(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[..., Storage]]:
+) -> Iterator[Callable[..., LmdbStorage]]:
     opened: list[Storage] = []
 
-    def factory(**kwargs: int) -> Storage:
+    def factory(**kwargs: Any) -> LmdbStorage:
         s = LmdbStorage(tmp_path / "db", **kwargs)
         opened.append(s)
         return s
@@ -50,7 +51,7 @@ def _append(
             w.append_leaf(index, leaf, tree.append(leaf_hash(leaf)), (digests or {}).get(leaf))
 
 
-def test_stored_hashes_are_the_perfect_subtrees(open_storage: Callable[..., Storage]) -> None:
+def test_stored_hashes_are_the_perfect_subtrees(open_storage: Callable[..., LmdbStorage]) -> None:
     storage = open_storage()
     tree = CompactRange()
     leaves = [b"%d" % i for i in range(37)]
@@ -74,7 +75,7 @@ def test_stored_hashes_are_the_perfect_subtrees(open_storage: Callable[..., Stor
 
 
 def test_leaf_hash_index_tells_colliding_prefixes_apart(
-    open_storage: Callable[..., Storage],
+    open_storage: Callable[..., LmdbStorage],
 ) -> None:
     storage = open_storage()
     prefix = b"P" * 8
@@ -90,7 +91,7 @@ def test_leaf_hash_index_tells_colliding_prefixes_apart(
         assert snap.find_leaf_hash(prefix + b"c" * 24, below=2) is None
 
 
-def test_a_failed_batch_stores_nothing(open_storage: Callable[..., Storage]) -> None:
+def test_a_failed_batch_stores_nothing(open_storage: Callable[..., LmdbStorage]) -> None:
     storage = open_storage()
     tree = CompactRange()
     _append(storage, tree, [b"a"])
@@ -107,7 +108,7 @@ def test_a_failed_batch_stores_nothing(open_storage: Callable[..., Storage]) -> 
         assert list(snap.iter_leaf_hashes(0, 2)) == [(0, leaf_hash(b"a")), (1, None)]
 
 
-def test_readers_see_a_snapshot(open_storage: Callable[..., Storage]) -> None:
+def test_readers_see_a_snapshot(open_storage: Callable[..., LmdbStorage]) -> None:
     storage = open_storage()
     tree = CompactRange()
     _append(storage, tree, [b"a"])
@@ -136,7 +137,7 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
         storage.close()
 
 
-def test_the_map_grows_when_full(open_storage: Callable[..., Storage]) -> None:
+def test_the_map_grows_when_full(open_storage: Callable[..., LmdbStorage]) -> None:
     storage = open_storage(map_size=1 << 20)
     tree = CompactRange()
     leaves = [bytes([i % 256]) * 2000 for i in range(2000)]  # ~4 MB, 4x the first map
@@ -157,7 +158,7 @@ def test_the_map_grows_when_full(open_storage: Callable[..., Storage]) -> None:
 
 
 # --- where node hashes live (docs/storage.md; the arithmetic: test_lmdb_layout.py) ----------
-def test_groups_fill_in_order(open_storage: Callable[..., Storage]) -> None:
+def test_groups_fill_in_order(open_storage: Callable[..., LmdbStorage]) -> None:
     """Every value is appended after the last one; each group holds GROUP_NODES of them."""
     storage = open_storage()
     tree = CompactRange()
@@ -172,7 +173,7 @@ def test_groups_fill_in_order(open_storage: Callable[..., Storage]) -> None:
     assert all(len(value) == 33 for _, value in records)
 
 
-def test_missing_leaf_hashes_are_named(open_storage: Callable[..., Storage]) -> None:
+def test_missing_leaf_hashes_are_named(open_storage: Callable[..., LmdbStorage]) -> None:
     storage = open_storage()
     tree = CompactRange()
     _append(storage, tree, [b"%d" % i for i in range(9)])

@@ -62,7 +62,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
 
 
 # --- editing a copy with the lmdb module -----------------------------------------------------
-Edit = Callable[[Any], None]
+Edit = Callable[[Any], object]
 """Changes one thing in an open ``lmdb.Environment`` of a copy."""
 
 
@@ -419,6 +419,7 @@ CASES: dict[str, Case] = {
 }
 
 
+@pytest.mark.slow
 def test_the_untouched_copy_passes_fsck_and_serves(
     pristine: Pristine, serve: Serve, tmp_path: Path
 ) -> None:
@@ -433,6 +434,7 @@ def test_the_untouched_copy_passes_fsck_and_serves(
     assert f"checkpoint:   size {SIZE}," in server.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_fsck_names_the_place(pristine: Pristine, tmp_path: Path, name: str) -> None:
     case = CASES[name]
@@ -446,6 +448,7 @@ def test_fsck_names_the_place(pristine: Pristine, tmp_path: Path, name: str) -> 
         assert len(problems) == case.problems, problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.serve is not None])
 def test_serve_refuses_and_names_the_mismatch(
     pristine: Pristine, serve: Serve, tmp_path: Path, name: str
@@ -509,6 +512,7 @@ def test_a_missing_entry_is_data_loss_not_a_wrong_answer(
 
 
 # --- the start-up self-check ties the newest entry and its records to the signed tree -----
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("edit", "place"),
     [

@@ -118,6 +118,7 @@ def test_two_witnesses_cosign_and_the_client_policy_decides(
         w2.close()
 
 
+@pytest.mark.slow
 def test_witnessed_checkpoint_survives_a_restart(open_log: OpenLog, tmp_path: Path) -> None:
     log = open_log(witnesses=ALL)
     client = log.client()
@@ -131,6 +132,7 @@ def test_witnessed_checkpoint_survives_a_restart(open_log: OpenLog, tmp_path: Pa
     assert cp.note == note
 
 
+@pytest.mark.slow
 def test_add_cosignature_checks(witnessed_log: RunningLog, open_log: OpenLog) -> None:
     log = witnessed_log
     client = log.client()
@@ -276,6 +278,7 @@ def test_tlog_witness_protocol(
         assert http_error.value.code == 400
 
 
+@pytest.mark.slow
 def test_log_pushes_to_tlog_witnesses(open_log: OpenLog, tmp_path: Path) -> None:
     origin = "sealog.localhost/log"
     key = Ed25519Signer.generate(origin)
@@ -314,6 +317,7 @@ def test_log_pushes_to_tlog_witnesses(open_log: OpenLog, tmp_path: Path) -> None
             s.witness.close()
 
 
+@pytest.mark.slow
 def test_witness_serve_and_keygen_cli(tmp_path: Path, witnessed_log: RunningLog) -> None:
     made = run_sealog("keygen", "w1.example/cli", "--witness", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
@@ -413,6 +417,7 @@ class CountingWitness(Witness):
         return super().add_checkpoint(body)
 
 
+@pytest.mark.slow
 def test_witness_serve_times_out_300_stalled_uploads(
     tmp_path: Path, witnessed_log: RunningLog
 ) -> None:
@@ -522,6 +527,7 @@ def test_witness_serve_answers_like_the_stdlib_server_did(
         assert _read_until_closed(sock, 10).startswith(b"HTTP/1.1 411 ")
 
 
+@pytest.mark.slow
 def test_push_witness_sends_a_bounded_number_of_requests_for_300_appends(
     open_log: OpenLog, tmp_path: Path
 ) -> None:
@@ -559,7 +565,11 @@ def test_push_witness_sends_a_bounded_number_of_requests_for_300_appends(
         final = client.checkpoint()
         assert final.checkpoint.size == 300
         for witness in witnesses:
-            _wait_for(lambda w=witness: w.latest(origin) == final.note, "size 300 pushed")
+
+            def pushed(w: CountingWitness = witness) -> bool:
+                return w.latest(origin) == final.note
+
+            _wait_for(pushed, "size 300 pushed")
         both = log.client(witnesses=[W1.verifier(), W2.verifier()])
 
         def witnessed_by_both() -> bool:
@@ -575,6 +585,7 @@ def test_push_witness_sends_a_bounded_number_of_requests_for_300_appends(
             server.witness.close()
 
 
+@pytest.mark.slow
 def test_push_witness_times_out_a_witness_that_never_answers(log: RunningLog) -> None:
     """A witness that accepts and never answers costs one timeout per round, then a retry."""
     listener = socket.create_server(("127.0.0.1", 0))
