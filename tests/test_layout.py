@@ -85,8 +85,8 @@ ALLOWED_THIRD_PARTY: dict[str, frozenset[str]] = {
 def layer_of(module: str) -> str | None:
     """The layer of a sealog module by its dotted name, or None if the name is outside sealog.
 
-    Precondition: ``module`` is an absolute dotted name. The cli is ``sealog.server.cli``,
-    its submodules and the ``sealog.server.cli_*`` modules. A name under ``sealog`` that fits
+    Precondition: ``module`` is an absolute dotted name. The cli is ``sealog.server.cli``
+    and its submodules. A name under ``sealog`` that fits
     no layer (say ``sealog.tools``) is the ``"unknown"`` layer, which no layer may import.
     """
     parts = module.split(".")
@@ -101,7 +101,7 @@ def layer_of(module: str) -> str | None:
             return f"party:{parts[2]}"
         return CORE if ".".join(parts[:3]) in CORE_MODULES else CLIENT
     if parts[:2] == ["sealog", "server"]:
-        if len(parts) > 2 and (parts[2] == "cli" or parts[2].startswith("cli_")):
+        if len(parts) > 2 and parts[2] == "cli":
             return CLI
         return SERVER
     return "unknown"
@@ -211,15 +211,18 @@ def test_module_names_and_layers() -> None:
         "sealog.client.monitor",
         True,
     )
-    assert module_name(ROOT / "server" / "cli" / "audit.py") == ("sealog.server.cli.audit", False)
+    assert module_name(ROOT / "server" / "cli" / "monitor.py") == (
+        "sealog.server.cli.monitor",
+        False,
+    )
     assert layer_of("sealog.client.hashing") == CORE
     assert layer_of("sealog.client") == CLIENT
     assert layer_of("sealog.client.log_client") == CLIENT
     assert layer_of("sealog.client.witness.protocol") == "party:witness"
     assert layer_of("sealog.server.log") == SERVER
     assert layer_of("sealog.server.cli") == CLI
-    assert layer_of("sealog.server.cli_operator") == CLI
-    assert layer_of("sealog.server.cli.audit") == CLI
+    assert layer_of("sealog.server.cli.operator") == CLI
+    assert layer_of("sealog.server.client_options") == SERVER
     assert layer_of("sealog.v1.log_pb2") == PROTO
     assert layer_of("grpc") is None
 
@@ -236,7 +239,7 @@ if TYPE_CHECKING:
 
 def later() -> None:
     import grpc
-    from ..server import cli_operator
+    from ..server.cli import operator
 """
 
 
@@ -247,7 +250,7 @@ def test_the_checker_catches_planted_violations() -> None:
         "(layer core may not import layer party:monitor)",
         "sealog.client.proof -> sealog.server.storage (layer core may not import layer server)",
         "sealog.client.proof -> grpc (layer core may not import third-party grpc)",
-        "sealog.client.proof -> sealog.server.cli_operator (layer core may not import layer cli)",
+        "sealog.client.proof -> sealog.server.cli.operator (layer core may not import layer cli)",
     ]
 
 
