@@ -68,15 +68,16 @@ def test_retry_after_a_client_timeout_is_one_leaf(
     open_log: OpenLog, retry_before_commit: bool
 ) -> None:
     """The caller's deadline passes while its append is still queued (the sequencer
-    holds each batch open for 200 ms); the server commits it anyway. Retrying with the
-    same key, after or during that commit, leaves one leaf."""
-    log = open_log(settings=Settings(batch_max_wait_ms=200))
+    holds each batch open for 1.5 s); the server commits it anyway. Retrying with the
+    same key, after or during that commit, leaves one leaf. The deadline, 0.5 s, leaves
+    the request time to reach the server even on a busy machine."""
+    log = open_log(settings=Settings(batch_max_wait_ms=1500))
     client = log.client()
     request = log_pb2.AppendRequest(
         entries=[log_pb2.AppendEntry(payload=b"maybe twice?", idempotency_key="deadline-1")]
     )
     with pytest.raises(grpc.RpcError) as caught:
-        log.stub().Append(request, timeout=0.02)
+        log.stub().Append(request, timeout=0.5)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     if not retry_before_commit:
         wait_for_size(client, 1)
