@@ -2,13 +2,16 @@
 
 Every sealog format that carries bytes or numbers as text (signed-note keys and
 signature lines, tlog-checkpoint bodies, tlog-proof bundles, tlog-witness
-requests, error messages and evidence files) uses the same two rules, kept
-here so that they are written once:
+requests, error messages, evidence files, audit batches) uses the same two
+rules, kept here so that they are written once:
 
-* **base64** is standard padded base64 (RFC 4648, Section 4). Decoding
-  accepts only the canonical form: the exact string that encoding the decoded
-  bytes gives back (signed-note, "Format", and tlog-checkpoint, "Note text",
-  leave no room for a second spelling of the same bytes).
+* **base64** is standard padded base64 (RFC 4648, Section 4). Decoding the
+  signed formats accepts only the canonical form: the exact string that
+  encoding the decoded bytes gives back (signed-note, "Format", and
+  tlog-checkpoint, "Note text", leave no room for a second spelling of the
+  same bytes). Files a user hands back (evidence files, audit batches) are
+  decoded with ``canonical=False``: any valid padded base64, whatever its
+  unused bits.
 * **decimal** is ASCII decimal with no sign, no spaces and no leading zero
   (``0`` itself is allowed), as tlog-checkpoint ("Note text") writes the tree
   size. Parsing is bounded, so that no input can make ``int()`` work on an
@@ -33,19 +36,20 @@ def encode_base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def decode_base64(text: str) -> bytes | None:
-    """Decode standard padded base64 (RFC 4648, Section 4) in canonical form only.
+def decode_base64(text: str, *, canonical: bool = True) -> bytes | None:
+    """Decode standard padded base64 (RFC 4648, Section 4), in canonical form only.
 
     Returns None unless ``text`` is exactly what encoding its bytes gives back:
     no missing or extra padding, no characters outside the alphabet (white
     space and newlines included), no non-zero bits in the last character.
-    The empty string decodes to ``b""``; callers that need bytes check so.
+    With ``canonical=False`` the last condition is dropped. The empty string
+    decodes to ``b""``; callers that need bytes check so.
     """
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None
-    if encode_base64(data) != text:
+    if canonical and encode_base64(data) != text:
         return None
     return data
 

@@ -21,14 +21,13 @@ fails verification is reported as ``error``, never as included.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
 
+from sealog.client._encoding import decode_base64, encode_base64
 from sealog.client.checkpoint import SignedCheckpoint
 from sealog.client.errors import SealogError, VerificationError
 from sealog.client.hashing import HASH_SIZE, leaf_hash
@@ -100,7 +99,7 @@ class AuditResult:
             "tree_size": self.tree_size,
             "index": self.index,
             "leaf_hash": self.leaf_hash.hex() if self.leaf_hash else None,
-            "inclusion_proof": [base64.b64encode(h).decode() for h in self.inclusion_proof],
+            "inclusion_proof": [encode_base64(h) for h in self.inclusion_proof],
             "detail": self.detail,
         }
         if self.leaf is not None:
@@ -124,12 +123,15 @@ def _bytes(obj: dict[str, object], key: str, what: str) -> bytes | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"{what}.{key}: want a string")
-    try:
-        if key == "leaf_hash":
+    if key == "leaf_hash":
+        try:
             return bytes.fromhex(value)
-        return base64.b64decode(value, validate=True)
-    except (ValueError, binascii.Error):
-        raise ValueError(f"{what}.{key}: not {'hex' if key == 'leaf_hash' else 'base64'}") from None
+        except ValueError:
+            raise ValueError(f"{what}.{key}: not hex") from None
+    data = decode_base64(value, canonical=False)
+    if data is None:
+        raise ValueError(f"{what}.{key}: not base64")
+    return data
 
 
 def events_from_jsonl(lines: Iterable[str], source: str = "batch") -> list[SoughtEvent]:

@@ -36,8 +36,6 @@ Kinds, from strongest to weakest:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import time
@@ -45,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealog.client._encoding import encode_base64
+from sealog.client._encoding import decode_base64, encode_base64
 from sealog.client.answers import malformed_leaf, verify_audit_page, verify_audited_tree
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
 from sealog.client.compact import CompactRange
@@ -90,10 +88,10 @@ KINDS = (
 def _unb64(value: object, what: str) -> bytes:
     if not isinstance(value, str):
         raise EvidenceFormatError(f"evidence: {what} must be a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise EvidenceFormatError(f"evidence: {what} is not base64") from None
+    data = decode_base64(value, canonical=False)
+    if data is None:
+        raise EvidenceFormatError(f"evidence: {what} is not base64")
+    return data
 
 
 def _note_json(note: bytes) -> dict[str, str]:

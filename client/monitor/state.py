@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sealog.client._encoding import encode_base64
 from sealog.client.checkpoint import SignedCheckpoint, open_checkpoint
 from sealog.client.compact import CompactRange
 from sealog.client.durable import write_durably
@@ -68,7 +69,7 @@ def save_state(path: str | Path, state: MonitorState, log_vkey: str) -> None:
     if state.audit is not None:
         obj["audit"] = {
             "size": state.audit.size,
-            "frontier": [base64.b64encode(h).decode("ascii") for h in state.audit.hashes],
+            "frontier": [encode_base64(h) for h in state.audit.hashes],
         }
     obj["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_durably(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))

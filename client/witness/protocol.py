@@ -28,7 +28,6 @@ witness that speaks the protocol.
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import hashlib
 import http.client
@@ -41,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sealog.client._encoding import decode_base64, parse_decimal
+from sealog.client._encoding import decode_base64, encode_base64, parse_decimal
 from sealog.client.checkpoint import Checkpoint
 from sealog.client.cosignature import Cosigner
 from sealog.client.durable import write_durably
@@ -104,7 +103,7 @@ class AddCheckpointRequest:
     def to_bytes(self) -> bytes:
         """The request body."""
         lines = [b"old %d\n" % self.old_size]
-        lines += [base64.b64encode(h) + b"\n" for h in self.consistency_proof]
+        lines += [encode_base64(h).encode("ascii") + b"\n" for h in self.consistency_proof]
         return b"".join(lines) + b"\n" + self.checkpoint
 
     @classmethod
