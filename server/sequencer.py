@@ -189,6 +189,8 @@ class _Job(Generic[_T]):
         self.future: Future[_T] = Future()
 
     def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return  # cancelled by its caller before it ran: nothing is written
         try:
             result = self._body()
         except Exception as e:  # the caller's to handle; the writer goes on

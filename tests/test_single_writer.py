@@ -18,7 +18,7 @@ from sealog.server.config import Settings
 from sealog.server.errors import UnavailableError
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.log import Log
-from sealog.server.sequencer import AppendItem
+from sealog.server.sequencer import AppendItem, _Job
 from sealog.server.storage import WriteBatch
 
 ORIGIN = "sealog.localhost/log"
@@ -140,7 +140,20 @@ def _opens_a_write(node: ast.AST) -> bool:
 def test_only_the_sequencer_calls_the_storages_write() -> None:
     callers = {
         path.name
-        for path in sorted(SERVER.glob("*.py"))
+        for path in sorted(SERVER.rglob("*.py"))
         if any(_opens_a_write(node) for node in ast.walk(ast.parse(path.read_text())))
     }
     assert callers == {"sequencer.py"}
+
+
+def test_a_job_its_caller_cancelled_is_skipped_and_the_writer_goes_on() -> None:
+    """A caller may give up on a queued write (its future is public); the writer thread
+    must neither run the write nor die on the cancelled future."""
+    ran: list[int] = []
+    job = _Job(lambda: ran.append(1))
+    assert job.future.cancel()
+    job.run()  # set_result on a cancelled future would raise InvalidStateError
+    assert ran == []
+    failing = _Job(lambda: 1 // 0)
+    failing.run()
+    assert isinstance(failing.future.exception(), ZeroDivisionError)
