@@ -195,7 +195,7 @@ async def read_body(request: web.Request, limits: HttpLimits, max_bytes: int) ->
     in time (each closes the connection, since the body is left unread).
     """
     length = request.headers.get("Content-Length")
-    if length is None or not length.isdigit():
+    if length is None or not (length.isascii() and length.isdigit()):
         raise _closing(web.HTTPLengthRequired(text="Content-Length required\n"))
     if int(length) > max_bytes:
         raise _closing(

@@ -134,7 +134,7 @@ class Spool:
             text = self._offset_path.read_text("ascii").strip()
         except FileNotFoundError:
             return len(_SPOOL_MAGIC)
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise SpoolError(f"spool offset {self._offset_path}: {text[:40]!r}, want a number")
         return int(text)
 

@@ -95,7 +95,7 @@ def positive_seconds(text: str) -> float:
 
 def positive_int(text: str) -> int:
     """An argparse type: a count, > 0."""
-    if not text.isdigit() or int(text) == 0:
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
         raise argparse.ArgumentTypeError(f"{text!r}: want a whole number > 0")
     return int(text)
 

@@ -371,7 +371,7 @@ def _time_ms(text: str | None, flag: str) -> int:
     """A time flag: ms since the epoch, or an ISO 8601 date/time (UTC unless it says)."""
     if not text:
         return 0
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     try:
         when = datetime.datetime.fromisoformat(text)
