@@ -131,7 +131,8 @@ class Spool:
 
     def _read_offset(self) -> int:
         try:
-            text = self._offset_path.read_text("ascii").strip()
+            # Bytes that are not ASCII become U+FFFD: a SpoolError below, not a decode error.
+            text = self._offset_path.read_bytes().decode("ascii", "replace").strip()
         except FileNotFoundError:
             return len(_SPOOL_MAGIC)
         if not (text.isascii() and text.isdigit()):
