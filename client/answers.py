@@ -470,11 +470,17 @@ def verify_audit_page(
     end = cp.size if end is None else end
     _check_window(page_start, len(leaves), tree.size, end)
     current = tree.copy()
-    bad = malformed_leaf(tree.size, leaves)
-    hashed = leaves if bad is None else leaves[: bad[0] - tree.size]
+    bad: tuple[int, str] | None = None
     sha256 = hashlib.sha256
-    for leaf in hashed:
-        current.append(sha256(b"\x00" + leaf).digest())
+    append = current.append
+    # One pass, checking and hashing each leaf (the inner loop of a full audit):
+    # the rules of malformed_leaf, stopping at the first malformed leaf.
+    for i, leaf in enumerate(leaves, tree.size):
+        problem = leaf_problem(leaf)
+        if problem:
+            bad = (i, problem)
+            break
+        append(sha256(b"\x00" + leaf).digest())
     root = current.root()
     reason = ""
     if bad is not None:
