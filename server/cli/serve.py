@@ -173,6 +173,14 @@ def add_serve(commands: Commands) -> None:
         action="store_true",
         help="allow plaintext on a non-loopback address (only behind something that encrypts)",
     )
+    p.add_argument(
+        "--no-reflection",
+        dest="reflection",
+        action="store_false",
+        help="do not serve gRPC server reflection (on by default, on every port, to anyone "
+        "who can connect: it lists the services and their .proto schema, which ship with "
+        "sealog, and nothing of the log)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -213,6 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         mtls_address=args.mtls_listen,
         extra_key_files=args.extra_key_file or (),
         new_log=args.new_log,
+        reflection=args.reflection,
     )
     host = args.listen.rsplit(":", 1)[0]
     if args.tls_cert:
