@@ -64,7 +64,7 @@ class AccessLog:
                     "request_bytes": r.request_bytes,
                     "response_bytes": r.response_bytes,
                 },
-                ensure_ascii=False,
+                ensure_ascii=True,
             )
         return (
             f"{format_time(r.time)} INFO {LOGGER_NAME}: {r.method} {r.code} {duration_ms:.3f}ms "

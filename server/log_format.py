@@ -96,7 +96,7 @@ class JsonFormatter(logging.Formatter):
             line[f"field_{key}" if key in _RESERVED else key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return json.dumps(line, ensure_ascii=True, default=str)
 
 
 def _one_line(message: str) -> str:
