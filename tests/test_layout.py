@@ -72,7 +72,7 @@ _CLIENT_THIRD_PARTY = _CORE_THIRD_PARTY | {
     "google.rpc",
     "aiohttp",
 }
-_SERVER_THIRD_PARTY = _CLIENT_THIRD_PARTY | {"lmdb", "grpc_health"}
+_SERVER_THIRD_PARTY = _CLIENT_THIRD_PARTY | {"lmdb", "grpc_health", "prometheus_client"}
 ALLOWED_THIRD_PARTY: dict[str, frozenset[str]] = {
     CORE: _CORE_THIRD_PARTY,
     CLIENT: _CLIENT_THIRD_PARTY,

@@ -8,10 +8,11 @@ them back from the parsed arguments.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeAlias
+from typing import TextIO, TypeAlias
 
 from sealog.client.cosignature import CosignatureVerifier
 from sealog.client.errors import SealogError
@@ -21,6 +22,7 @@ from sealog.client.note import Ed25519Verifier
 from sealog.client.tls import channel_credentials
 from sealog.client.witness_policy import WitnessPolicy
 from sealog.server.app import VKEY_FILE
+from sealog.server.log_format import FORMATS, LogFormat, configure_logging
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -32,11 +34,13 @@ __all__ = [
     "Commands",
     "add_client_options",
     "add_command",
+    "add_log_format_option",
     "add_origin_option",
     "add_vkey_option",
     "add_witness_options",
     "add_witness_vkey_option",
     "client_from_args",
+    "log_to_stderr",
     "positive_int",
     "positive_seconds",
     "verifier_from_args",
@@ -101,6 +105,24 @@ def positive_int(text: str) -> int:
 
 
 # --- the log's key ----------------------------------------------------------------
+def add_log_format_option(p: argparse.ArgumentParser) -> None:
+    """``--log-format`` of the commands that run a server."""
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="log lines on stderr as text for people or json for log collectors, one "
+        "record per line (docs/operations.md, 'Logs'; default %(default)s)",
+    )
+
+
+def log_to_stderr(args: argparse.Namespace) -> logging.StreamHandler[TextIO]:
+    """Set up the log as a server logs: ``--log-format``, INFO and up (DEBUG with -v)."""
+    log_format: LogFormat = args.log_format
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    return configure_logging(log_format, level)
+
+
 def add_vkey_option(p: argparse.ArgumentParser, help: str = VKEY_HELP) -> None:
     """--vkey: the log's Ed25519 verifier key (C2SP signed-note), read by
     :func:`verifier_from_args`."""
