@@ -327,7 +327,7 @@ def _warn_unknown(name: str, options: Iterable[ServeOption]) -> None:
 @dataclass(frozen=True)
 class EffectiveSetting:
     """One setting's value and where it came from: ``default``, ``file PATH``,
-    ``env SEALOG_X`` or ``flag``."""
+    ``env SEALOG_MAX_ENTRY_BYTES`` or ``flag``."""
 
     option: ServeOption
     value: object
