@@ -26,6 +26,7 @@ from sealog.server.cli.options import COMMAND_LINE, CommandLine
 
 __all__ = [
     "CLIENT_VARIABLES",
+    "ENV_PREFIX",
     "ConfigError",
     "EffectiveConfig",
     "EffectiveSetting",
@@ -40,6 +41,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 ENV_PREFIX = "SEALOG_"
+"""A serve setting's variable is this and its key in capitals."""
 
 CLIENT_VARIABLES = frozenset(
     {
@@ -127,6 +129,10 @@ class ServeOption:
 
 
 def _kind(action: argparse.Action, flag: str) -> Kind:
+    """What the option takes: a flag (no argument) is a boolean, a repeatable option a
+    list, and an option with one argument what its converter returns (int, float),
+    else a string. Raises TypeError for an action with no such form (a count, nargs=2):
+    a new serve option must be one of these to be a setting."""
     if action.nargs == 0:
         if isinstance(action, argparse.BooleanOptionalAction) or action.const is not None:
             return "bool"
@@ -159,7 +165,7 @@ def serve_options(parser: argparse.ArgumentParser) -> tuple[ServeOption, ...]:
     """
     options = []
     for action in parser._actions:
-        if action.dest == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+        if isinstance(action, argparse._HelpAction) or action.dest == argparse.SUPPRESS:
             continue
         long = next((s for s in action.option_strings if s.startswith("--")), None)
         if long is None:
