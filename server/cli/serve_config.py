@@ -398,7 +398,12 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     ``args`` must come from serve's parser in :func:`sealog.server.cli.build_parser`,
     which records the command line it parsed.
     """
-    command_line: CommandLine = getattr(args, COMMAND_LINE)
+    command_line = getattr(args, COMMAND_LINE, None)
+    if not isinstance(command_line, CommandLine):
+        raise TypeError(
+            "serve's arguments must come from build_parser(), whose parsers record the "
+            "command line: without it a flag cannot be told from a default"
+        )
     options = serve_options(command_line.parser)
     given = command_line.given()
     from_env = read_environment(os.environ if environ is None else environ, options)
