@@ -20,6 +20,7 @@ from sealog.client.checkpoint import open_checkpoint
 from sealog.client.errors import SealogError
 from sealog.server.access_log import AccessLog
 from sealog.server.app import LogServer, TlsFiles
+from sealog.server.cli import serve_config
 from sealog.server.cli.options import (
     DEFAULT_DATA_DIR,
     DEFAULT_TARGET,
@@ -103,6 +104,7 @@ def add_serve(commands: Commands) -> None:
         "generated there on first run, listening on loopback. SIGTERM/Ctrl-C commits "
         "queued appends before exiting; a second signal forces.",
     )
+    serve_config.add_config_options(p)
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="data folder (default %(default)s)")
     p.add_argument(
         "--listen", default=DEFAULT_TARGET, help="address to listen on (default %(default)s)"
@@ -199,6 +201,11 @@ def add_serve(commands: Commands) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    config = serve_config.resolve(args)  # flags > SEALOG_* > --config FILE > defaults
+    if args.print_config:
+        print(config.toml(), end="")
+        return 0
+    args = config.args
     handler = log_to_stderr(args)
     settings = Settings(**{name: getattr(args, name) for name, _ in _SETTINGS_FLAGS})
     witnesses = witness_keys(args.witness_vkey)
