@@ -19,8 +19,11 @@ client shares a GIL with a server. Phases:
 3. the tree is filled to ``--entries`` leaves with big batches, then 64
    concurrent callers fetch random inclusion proofs with
    :meth:`LogClient.inclusion_proof` (verified), against the echo RPC again;
-4. p50/p99 latency of each;
-5. bytes on disk per entry beyond the payload, per LMDB table, read from the
+4. the log restarted with metrics and a JSON access log on (written to a
+   file), the single appends and proofs measured again, then once more with
+   both off: their cost, as on vs the mean of the off runs before and after;
+5. p50/p99 latency of each;
+6. bytes on disk per entry beyond the payload, per LMDB table, read from the
    closed data folder.
 
 Every figure is printed with its goal and ``ratio`` (>= 1 means the goal is met),
@@ -51,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
@@ -72,6 +76,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 GOAL_BATCH_APPENDS_PER_S = 50_000.0
 GOAL_ECHO_RATIO = 0.8
+GOAL_OBSERVED_RATIO = 0.9
+"""Single appends and proofs with metrics and the access log on, vs off."""
 GOAL_DISK_OVERHEAD_BYTES = 150.0
 
 _CHANNEL_OPTIONS_MAX = 80 * 1024 * 1024
@@ -137,9 +143,13 @@ class ServerProcess:
         data_dir: Path | None = None,
         max_workers: int | None = None,
         cpus: Sequence[int] = (),
+        observe: Path | None = None,
     ) -> None:
+        """``observe``: metrics on and JSON logs with access lines to this file (mode log)."""
         self.mode = mode
         cmd = [sys.executable, "-m", "bench.server_runner", mode]
+        if observe is not None:
+            cmd += ["--observe", str(observe)]
         if data_dir is not None:
             cmd += ["--data-dir", str(data_dir)]
         if max_workers is not None:
@@ -630,6 +640,73 @@ def run_phase(
     return result
 
 
+@dataclass
+class Observed:
+    """The calls measured again with metrics and the access log on, then off."""
+
+    on: dict[str, PhaseResult]
+    off_again: dict[str, PhaseResult]
+    lines: int
+    """Access lines the observed server wrote."""
+    counted: int
+    """RPCs its metrics counted, scraped as it stopped taking calls."""
+    tree_size: int
+
+
+def observation_phases(
+    cfg: Config, data_dir: Path, log_file: Path, vkey: str, cpus: Sequence[int]
+) -> Observed:
+    """Restart the log with metrics and a JSON access log on, measure single appends and
+    proofs, then restart it with both off and measure them again."""
+    runs: dict[bool, dict[str, PhaseResult]] = {}
+    counted = size = 0
+    for observed in (True, False):
+        label = "metrics and access log on" if observed else "both off again"
+        with ServerProcess(
+            "log",
+            data_dir,
+            max_workers=cfg.max_workers,
+            cpus=cpus,
+            observe=log_file if observed else None,
+        ) as server:
+            settle(server)
+            jobs = {
+                "single": Job("single", server.target, vkey, 1, cfg.payload_bytes),
+                "proof": Job("proof", server.target, vkey, tree_size=cfg.entries),
+            }
+            runs[observed] = {
+                name: run_phase(
+                    f"{name} ({cfg.callers} callers, verified, {label})",
+                    job,
+                    procs=cfg.client_procs,
+                    callers=cfg.callers,
+                    duration=cfg.duration,
+                    server=server,
+                )
+                for name, job in jobs.items()
+            }
+            size = log_size(server.target, vkey)
+            if observed:
+                time.sleep(0.5)  # the observer's last flush
+                counted = _scraped_rpcs(int(server.info["metrics_port"]))
+    with log_file.open(encoding="utf-8") as f:
+        lines = sum(1 for line in f if '"logger": "sealog.access"' in line)
+    return Observed(runs[True], runs[False], lines, counted, size)
+
+
+def _scraped_rpcs(port: int) -> int:
+    """The sum of grpc_server_handled_total on the metrics endpoint at ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return round(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("grpc_server_handled_total{")
+        )
+    )
+
+
 def settle(server: ServerProcess, limit_s: float = 120.0) -> float:
     """Wait until ``server`` is idle (under 0.05 cores for half a second); return the wait.
 
@@ -1004,10 +1081,49 @@ def run(cfg: Config) -> tuple[list[Figure], int, list[str]]:
             figures.extend(_latency_figures(f"inclusion_proof ({callers})", proof))
             figures.extend(_latency_figures(f"raw GetInclusionProof ({callers})", proof_raw))
             figures.extend(_latency_figures(f"echo ({callers}, again)", echo2))
-            size = log_size(log.target, vkey)
+            # 4. metrics and the access log: the same calls with both on, then off again
+            log.stop()
+            seen = observation_phases(cfg, data_dir, tmp / "server.log", vkey, server_cpus)
+            phases.extend([*seen.on.values(), *seen.off_again.values()])
+            size = seen.tree_size
+            for what, name, first in (
+                ("single appends/s", "single", single),
+                ("inclusion proofs/s", "proof", proof),
+            ):
+                base = (first.ops_per_s + seen.off_again[name].ops_per_s) / 2
+                figures.append(
+                    Figure(
+                        f"{what} ({callers}), metrics and JSON access log on",
+                        seen.on[name].ops_per_s,
+                        note=_cpu_note(seen.on[name]),
+                    )
+                )
+                figures.append(
+                    Figure(
+                        f"{what} ({callers}), both off again",
+                        seen.off_again[name].ops_per_s,
+                        note=_cpu_note(seen.off_again[name]),
+                    )
+                )
+                figures.append(
+                    Figure(
+                        f"{what}, on vs off (the mean of the off runs before and after)",
+                        seen.on[name].ops_per_s / max(base, 1e-9),
+                        goal=GOAL_OBSERVED_RATIO,
+                    )
+                )
+            figures.append(
+                Figure(
+                    "access lines written vs RPCs the metrics counted",
+                    seen.lines / max(seen.counted, 1),
+                    goal=1.0,
+                    note=f"{seen.lines:,} lines, {seen.counted:,} RPCs in "
+                    "grpc_server_handled_total",
+                )
+            )
             progress("stopping servers ...")
 
-        # 5. disk, on the closed environment
+        # 6. disk, on the closed environment
         disk = disk_stats(data_dir / "db")
         payload = size * cfg.payload_bytes
         figures.append(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -24,8 +25,10 @@ from typing import Any
 
 import grpc
 
+from sealog.server.access_log import AccessLog
 from sealog.server.app import EventLoopThread, LogServer, new_grpc_server
 from sealog.server.config import Settings
+from sealog.server.log_format import configure_logging
 
 __all__ = ["ECHO_METHOD", "ECHO_SERVICE", "main"]
 
@@ -70,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-workers", type=int, help="RPC threads (default: Settings().max_workers)"
     )
     parser.add_argument("--cpus", help="run on these CPUs only, e.g. 0 or 0,1")
+    parser.add_argument(
+        "--observe",
+        metavar="FILE",
+        help="mode log: serve metrics on a free port and write JSON logs with an access line "
+        "per RPC to FILE, as `sealog serve --metrics-listen ... --log-format json` does",
+    )
     args = parser.parse_args(argv)
     if args.cpus:  # before any thread starts, so every thread inherits it
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
@@ -80,8 +89,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "log":
         if not args.data_dir:
             parser.error("mode log needs --data-dir")
-        log_server = LogServer.open(args.data_dir, address=args.listen, settings=settings)
+        access_log: AccessLog | None = None
+        if args.observe:
+            out = open(args.observe, "a", encoding="utf-8")  # noqa: SIM115 - until exit
+            access_log = AccessLog(configure_logging("json", logging.INFO, out), "json")
+        log_server = LogServer.open(
+            args.data_dir,
+            address=args.listen,
+            settings=settings,
+            metrics_address="127.0.0.1:0" if args.observe else None,
+            access_log=access_log,
+        )
         info.update(port=log_server.port, vkey=log_server.signer.verifier().vkey)
+        if log_server.metrics_listener is not None:
+            info.update(metrics_port=log_server.metrics_listener.port)
         stop_server = log_server.stop
     else:
         stop_server, port = _start_echo(args.listen, settings)

@@ -27,11 +27,14 @@ from grpc_reflection.v1alpha._async import ReflectionServicer  # reflection.aio'
 from sealog.client.cosignature import CosignatureVerifier
 from sealog.client.keyfile import read_key_file
 from sealog.client.note import Ed25519Signer
+from sealog.server.access_log import AccessLog
 from sealog.server.auth import Authenticator
 from sealog.server.config import Settings
 from sealog.server.data_folder import KEY_FILE, VKEY_FILE, DataFolder
 from sealog.server.lmdb_storage import LmdbStorage
 from sealog.server.log import Log, StartupCheckError
+from sealog.server.metrics import MetricsListener, ServerMetrics
+from sealog.server.rpc_observer import RpcObserver
 from sealog.server.safe_decode import add_service
 from sealog.server.servicer import SERVICE_NAME, LogServicer
 from sealog.server.storage import StorageCorruptError
@@ -215,6 +218,10 @@ class LogServer:
     servicer: LogServicer | None = None
     folder: DataFolder | None = None
     """The data folder, locked while the server runs."""
+    metrics: ServerMetrics | None = None
+    metrics_listener: MetricsListener | None = None
+    """Serves ``/metrics`` (``metrics_address``); its ``port`` is the one bound."""
+    observer: RpcObserver | None = None
 
     @classmethod
     def open(
@@ -234,6 +241,8 @@ class LogServer:
         mtls_address: str | None = None,
         extra_key_files: Sequence[str | Path] = (),
         new_log: bool = False,
+        metrics_address: str | None = None,
+        access_log: AccessLog | None = None,
         reflection: bool = True,
     ) -> LogServer:
         """Open the log in ``data_dir`` and serve it on ``address``.
@@ -264,6 +273,10 @@ class LogServer:
         on an address that is not loopback is refused unless
         ``allow_insecure_remote``.
 
+        ``metrics_address`` serves Prometheus metrics over HTTP at ``/metrics``
+        (:mod:`sealog.server.metrics`); ``access_log`` writes a line per RPC
+        (:mod:`sealog.server.access_log`). Without either, RPCs record nothing.
+
         ``reflection`` serves gRPC server reflection on every port, so tools
         such as grpcurl can list the services and their messages
         (:func:`reflected_services`); it reveals the schema, nothing of the log.
@@ -290,6 +303,8 @@ class LogServer:
                 mtls_address=mtls_address,
                 extra_key_files=extra_key_files,
                 new_log=new_log,
+                metrics_address=metrics_address,
+                access_log=access_log,
                 reflection=reflection,
             )
         except BaseException:
@@ -313,6 +328,8 @@ class LogServer:
         mtls_address: str | None,
         extra_key_files: Sequence[str | Path],
         new_log: bool,
+        metrics_address: str | None,
+        access_log: AccessLog | None,
         reflection: bool,
     ) -> LogServer:
         auth = Authenticator(policy_file)
@@ -345,7 +362,13 @@ class LogServer:
         executor = futures.ThreadPoolExecutor(
             max_workers=settings.max_workers, thread_name_prefix="sealog-rpc"
         )
-        servicer = LogServicer(auth=auth, executor=executor)
+        metrics = ServerMetrics() if metrics_address is not None else None
+        observer = (
+            RpcObserver(metrics, access_log).start()
+            if metrics is not None or access_log is not None
+            else None
+        )
+        servicer = LogServicer(auth=auth, executor=executor, observer=observer)
         loop = EventLoopThread("sealog-grpc")
 
         async def start() -> tuple[grpc.aio.Server, HealthServicer, int, int | None]:
@@ -371,6 +394,8 @@ class LogServer:
         except BaseException:
             loop.close()
             executor.shutdown()
+            if observer is not None:
+                observer.stop()
             raise
         storage: LmdbStorage | None = None
         the_log: Log | None = None
@@ -399,6 +424,8 @@ class LogServer:
             loop.run(server.stop(None))
             loop.close()
             executor.shutdown()
+            if observer is not None:
+                observer.stop()
             if the_log is not None:
                 the_log.close()
             if storage is not None:
@@ -418,21 +445,37 @@ class LogServer:
             loop.submit(health_servicer.set(SERVICE_NAME, status))
 
         pusher: WitnessPusher | None = None
+        listener: MetricsListener | None = None
         try:
+            if metrics is not None:  # bound before the health service says SERVING
+                assert metrics_address is not None
+                metrics.watch(the_log, storage)
+                try:
+                    listener = MetricsListener.start(metrics_address, metrics)
+                except OSError as e:
+                    raise OSError(
+                        f"cannot serve metrics on {metrics_address}: {e.strerror or e}"
+                    ) from e
             loop.run(serving())
             the_log.watch_clock(on_clock)
             if push_witnesses:
                 pusher = WitnessPusher(
                     the_log, list(push_witnesses), interval_s=push_witness_interval_s
                 ).start()
+                if metrics is not None:
+                    metrics.watch_pusher(pusher)
         except BaseException:
             # Nothing of a server that failed to start may outlive it: the folder's
             # lock is released by the caller, so its writer must be gone first.
+            if listener is not None:
+                listener.stop()
             if pusher is not None:
                 pusher.stop()
             loop.run(server.stop(None))
             loop.close()
             executor.shutdown()
+            if observer is not None:
+                observer.stop()
             the_log.close()
             storage.close()
             raise
@@ -450,6 +493,9 @@ class LogServer:
             mtls_port,
             servicer,
             folder,
+            metrics,
+            listener,
+            observer,
         )
 
     def enter_graceful_shutdown(self) -> None:
@@ -480,6 +526,10 @@ class LogServer:
             log.warning("gRPC server did not stop within %.1f s; cancelling its calls", grace + 1)
         self.loop.close()
         self.executor.shutdown(cancel_futures=True)  # a bulk read still running finishes first
+        if self.observer is not None:
+            self.observer.stop()  # the calls' last access lines
+        if self.metrics_listener is not None:
+            self.metrics_listener.stop()
         self.storage.close()
         if self.folder is not None:
             self.folder.release()

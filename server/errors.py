@@ -12,6 +12,7 @@ __all__ = [
     "OutOfRangeError",
     "PermissionDeniedError",
     "ProofPreconditionError",
+    "QuotaExceededError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -57,6 +58,10 @@ class NotFoundError(LogError):
 
 class ResourceExhaustedError(LogError):
     """A size limit or the sequencer's queue is exceeded; the message says the limit."""
+
+
+class QuotaExceededError(ResourceExhaustedError):
+    """The caller's identity is over its append quota (the policy's ``appends_per_second``)."""
 
 
 class UnavailableError(LogError):

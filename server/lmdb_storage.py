@@ -45,6 +45,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from hashlib import sha256 as _sha256
 from itertools import islice
 from pathlib import Path
@@ -76,7 +77,7 @@ from sealog.server.storage import (
     StorageUnavailableError,
 )
 
-__all__ = ["LmdbStorage"]
+__all__ = ["LmdbStorage", "MapUse"]
 
 _U64 = struct.Struct(">Q")
 _U64x2 = struct.Struct(">QQ")
@@ -876,6 +877,15 @@ class _Snapshot(_Txn):
             self._s._gate.leave(self._slot)
 
 
+@dataclass(frozen=True)
+class MapUse:
+    """How full the LMDB map is, in bytes."""
+
+    used_bytes: int
+    map_bytes: int
+    max_map_bytes: int
+
+
 class LmdbStorage:
     """The log's state in one LMDB environment under ``path``.
 
@@ -907,6 +917,9 @@ class LmdbStorage:
             raise StorageCorruptError(f"{data}: missing: no LMDB environment here")
         self.path = path
         self._max_map_size = max_map_size
+        self.commit_listener: Callable[[float], None] | None = None
+        """Called on the writer's thread with the seconds each write transaction's commit
+        (its page writes and fsyncs) took (the server's metrics)."""
         self._gate = _TxnGate()
         self._node_cache: dict[int, bytes] = {}
         """Hashes of nodes at levels from ``_cache_level`` up, read by snapshots."""
@@ -999,7 +1012,12 @@ class LmdbStorage:
                 batch = _Txn(self, txn)
                 yield batch
                 batch._finish()
-                txn.commit()
+                if self.commit_listener is None:
+                    txn.commit()
+                else:
+                    started = time.perf_counter()
+                    txn.commit()
+                    self.commit_listener(time.perf_counter() - started)
             except lmdb.MapFullError:
                 txn.abort()
                 grow = True
@@ -1027,6 +1045,10 @@ class LmdbStorage:
         with self._gate.exclusive():
             self._env.set_mapsize(new)
         self._map_size = new
+
+    def map_use(self) -> MapUse:
+        """The map's pages in use, its current size and the most it may grow to."""
+        return MapUse(self.disk_usage(), self._map_size, self._max_map_size)
 
     def disk_usage(self) -> int:
         """Bytes used by the LMDB pages in use (not the sparse file size)."""

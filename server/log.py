@@ -31,7 +31,12 @@ from sealog.client.note import NoteSigner, NoteVerifier, parse_note
 from sealog.client.proof import subtree_nodes
 from sealog.client.verify import verify_inclusion
 from sealog.server.config import Settings
-from sealog.server.cosignatures import StoredCosignature, decode_cosignatures, witnessed_note
+from sealog.server.cosignatures import (
+    StoredCosignature,
+    decode_cosignatures,
+    witness_key,
+    witnessed_note,
+)
 from sealog.server.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -45,7 +50,7 @@ from sealog.server.proofs import (
     build_inclusion_proof,
     build_range_proof,
 )
-from sealog.server.sequencer import AppendItem, AppendOutcome, Sequencer
+from sealog.server.sequencer import AppendItem, AppendOutcome, BatchStats, Sequencer
 from sealog.server.storage import (
     FORMAT_VERSION,
     META_FORMAT,
@@ -274,6 +279,32 @@ class Log:
         """
         with self._checkpoint_lock:
             self._listeners.append(listener)
+
+    def add_batch_listener(self, listener: Callable[[BatchStats], None]) -> None:
+        """Call ``listener`` on the sequencer's thread after each committed batch (it must
+        return quickly): what the batch held and how long its commit took."""
+        self._sequencer.add_batch_listener(listener)
+
+    # --- state, for metrics -----------------------------------------------
+    def checkpoint_signed_at(self) -> float:
+        """When this process last signed a checkpoint (``time.monotonic()``), or opened."""
+        return self._sequencer.signed_at
+
+    def unindexed_entries(self) -> int:
+        """Committed leaves not yet in the hash-keyed indexes (the index tail's depth)."""
+        return self._sequencer.unindexed_entries
+
+    def queued_entries(self) -> int:
+        """Entries waiting for the sequencer."""
+        return self._sequencer.queued_entries
+
+    def cosignature_times(self) -> dict[str, int]:
+        """Each accepted witness's newest stored cosignature time (POSIX seconds), by
+        ``<name>+<key ID>`` (:func:`~sealog.server.cosignatures.witness_key`)."""
+        accepted = {witness_key(w.name, w.key_hash) for w in self.witnesses}
+        with self.storage.read() as snap:
+            stored = decode_cosignatures(snap.cosignatures())
+        return {key: s.timestamp for key, s in stored.items() if key in accepted}
 
     # --- writes -----------------------------------------------------------
     def append(self, items: Sequence[AppendItem], identity: str) -> AppendOutcome:

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sealog.server.errors import ResourceExhaustedError
+from sealog.server.errors import QuotaExceededError
 
 __all__ = ["AppendQuota"]
 
@@ -20,10 +20,10 @@ class AppendQuota:
         self._buckets: dict[str, tuple[float, float]] = {}  # identity -> (tokens, at)
 
     def take(self, identity: str, count: int, rate: float, burst: float | None = None) -> None:
-        """Spend ``count`` tokens or raise :class:`ResourceExhaustedError` with a retry delay."""
+        """Spend ``count`` tokens or raise :class:`QuotaExceededError` with a retry delay."""
         capacity = burst if burst is not None else max(2.0 * rate, 1.0)
         if count > capacity:
-            raise ResourceExhaustedError(
+            raise QuotaExceededError(
                 f"{count} entries in one request exceed the quota burst of {capacity:g} "
                 f"for identity {identity!r}; send smaller requests"
             )
@@ -34,7 +34,7 @@ class AppendQuota:
             if tokens < count:
                 self._buckets[identity] = (tokens, now)
                 wait = (count - tokens) / rate
-                raise ResourceExhaustedError(
+                raise QuotaExceededError(
                     f"identity {identity!r} is over its quota of {rate:g} appends/s; "
                     f"retry in {wait:.2f} s",
                     wait,

@@ -100,7 +100,14 @@ from sealog.server.storage import (
     identity_prefix,
 )
 
-__all__ = ["AppendItem", "AppendOutcome", "AppendedLeaf", "Sequencer", "idempotency_digest"]
+__all__ = [
+    "AppendItem",
+    "AppendOutcome",
+    "AppendedLeaf",
+    "BatchStats",
+    "Sequencer",
+    "idempotency_digest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +155,21 @@ class AppendOutcome:
     end: int
     left_frontier: tuple[bytes, ...]
     consistency_proof: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """What one durable commit held, for the server's metrics."""
+
+    requests: int
+    """Append requests in the batch, refused ones included."""
+    new_entries: int
+    duplicate_entries: int
+    """Entries answered with an earlier leaf (their idempotency key was seen before)."""
+    refused_requests: int
+    """Requests refused inside the batch (an idempotency key used for another event)."""
+    seconds: float
+    """From the start of the batch's write to its durable commit, fsync included."""
 
 
 _LINGER_GAP_S = 0.001
@@ -287,6 +309,9 @@ class Sequencer:
         self._clock_fault: UnavailableError | None = None
         """Set while the clock is too far behind the last stamp: what appends are told."""
         self._clock_listeners: list[Callable[[str | None], None]] = []
+        self._batch_listeners: list[Callable[[BatchStats], None]] = []
+        self.signed_at = time.monotonic()
+        """When the latest checkpoint was signed (``time.monotonic()``; at open: the open)."""
         self._thread = threading.Thread(target=self._run, name="sealog-sequencer", daemon=True)
         self._check_clock()
 
@@ -304,6 +329,23 @@ class Sequencer:
             self._clock_listeners.append(listener)
             fault = self._clock_fault
         listener(None if fault is None else str(fault))
+
+    def add_batch_listener(self, listener: Callable[[BatchStats], None]) -> None:
+        """Call ``listener`` on the writer thread after each committed batch is answered.
+
+        It must return quickly; an exception it raises is logged and ignored.
+        """
+        self._batch_listeners.append(listener)
+
+    @property
+    def queued_entries(self) -> int:
+        """Entries submitted and not yet taken into a batch."""
+        return self._queued_entries
+
+    @property
+    def unindexed_entries(self) -> int:
+        """Committed leaves the hash-keyed indexes do not hold yet (the index tail)."""
+        return self._unindexed()
 
     def submit(self, items: Sequence[AppendItem], identity: str) -> Future[AppendOutcome]:
         """Queue one request's entries; they will be written together, in order.
@@ -652,6 +694,7 @@ class Sequencer:
             assert self._clock_fault is not None
             self._fail(batch, self._clock_fault)
             return
+        started = time.perf_counter()
         saved = self._tree.copy(), self._last_ms, self._last_leaf
         added: list[tuple[int, bytes, bytes | None]] = []
         while True:
@@ -670,6 +713,8 @@ class Sequencer:
                 log.exception("append batch of %d requests failed", len(batch))
                 self._fail(batch, e)
                 return
+        self.signed_at = time.monotonic()
+        committed_s = time.perf_counter() - started
         self._on_checkpoint(note)
         refused = [r for r in batch if r.error is not None]
         for r in refused:
@@ -707,6 +752,20 @@ class Sequencer:
             return
         for r, outcome in zip(batch, outcomes, strict=True):
             r.future.set_result(outcome)
+        if self._batch_listeners:
+            new = len(added)
+            stats = BatchStats(
+                len(batch) + len(refused),
+                new,
+                sum(len(r.entries) for r in batch) - new,
+                len(refused),
+                committed_s,
+            )
+            for listener in self._batch_listeners:
+                try:
+                    listener(stats)
+                except Exception:  # a listener must never stop the writer
+                    log.exception("batch listener failed")
 
     def _restore(
         self,

@@ -19,6 +19,7 @@ import datetime
 import functools
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -38,6 +39,7 @@ from sealog.server.errors import (
     OutOfRangeError,
     PermissionDeniedError,
     ProofPreconditionError,
+    QuotaExceededError,
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
@@ -45,6 +47,7 @@ from sealog.server.errors import (
 from sealog.server.log import Log
 from sealog.server.policy import PolicyError
 from sealog.server.quota import AppendQuota
+from sealog.server.rpc_observer import RpcObserver
 from sealog.server.sequencer import AppendOutcome
 from sealog.server.storage import StorageCorruptError
 from sealog.v1 import log_pb2, log_pb2_grpc
@@ -83,8 +86,21 @@ def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-async def _abort(context: Context, error: BaseException) -> NoReturn:
-    code, message = _status_of(error)
+def _rejection(error: BaseException) -> str:
+    """Why a call was refused, as the metrics count it ("" for other errors)."""
+    if isinstance(error, UnauthenticatedError):
+        return "unauthenticated"
+    if isinstance(error, PermissionDeniedError):
+        return "permission_denied"
+    if isinstance(error, QuotaExceededError):
+        return "quota"
+    return ""
+
+
+async def _abort(
+    context: Context, error: BaseException, status: tuple[grpc.StatusCode, str] | None = None
+) -> NoReturn:
+    code, message = _status_of(error) if status is None else status
     retry_after = getattr(error, "retry_after_s", None)
     if retry_after is None:
         await context.abort(code, message)
@@ -105,23 +121,64 @@ R = TypeVar("R")
 Handler = Callable[["LogServicer", Any, Principal], Awaitable[R]]
 
 
+_NOBODY = Principal("", "anonymous")
+
+
 def _rpc(
     role: str,
 ) -> Callable[[Handler[R]], Callable[[LogServicer, Any, Context], Awaitable[R]]]:
-    """Authenticate the caller, check it holds ``role``, run the handler, map errors."""
+    """Authenticate the caller, check it holds ``role``, run the handler, map errors.
+
+    With an observer (metrics or the access log), the call's outcome is recorded
+    when it ends (:mod:`sealog.server.rpc_observer`); without one, nothing is.
+    """
 
     def decorate(method: Handler[R]) -> Callable[[LogServicer, Any, Context], Awaitable[R]]:
         action = method.__name__
 
         @functools.wraps(method)
         async def wrapper(self: LogServicer, request: Any, context: Context) -> R:
+            observer = self._observer
+            if observer is None:
+                try:
+                    principal = self._admit(context, role, action)
+                    return await method(self, request, principal)
+                except Exception as e:
+                    if isinstance(e, grpc.aio.AbortError):  # raised by context.abort
+                        raise
+                    await _abort(context, e)
+            started = time.perf_counter()
+            principal = _NOBODY
+            response: R | None = None
+            code = "CANCELLED"  # unless it ends otherwise
+            rejection = ""
             try:
-                principal = self._admit(context, role, action)
-                return await method(self, request, principal)
+                principal = self._authenticate(context)
+                self._auth.authorize(principal, role, action)
+                answer = await method(self, request, principal)
+                response, code = answer, "OK"
+                return answer
             except Exception as e:
-                if isinstance(e, grpc.aio.AbortError):  # raised by context.abort
+                if isinstance(e, grpc.aio.AbortError):
+                    code = "UNKNOWN"
                     raise
-                await _abort(context, e)
+                status = _status_of(e)
+                code = status[0].name
+                rejection = _rejection(e)
+                await _abort(context, e, status)
+            finally:
+                observer.record(
+                    started,
+                    "unary",
+                    action,
+                    code,
+                    context.peer(),
+                    principal.identity,
+                    principal.method,
+                    rejection,
+                    request,
+                    response,
+                )
 
         return wrapper
 
@@ -221,8 +278,11 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         auth: Authenticator | None = None,
         quota: AppendQuota | None = None,
         executor: concurrent.futures.Executor | None = None,
+        observer: RpcObserver | None = None,
     ) -> None:
+        """``observer``, if given, is told of every RPC (the metrics and the access log)."""
         self._attached = log
+        self._observer = observer
         self._draining = False
         self._auth = auth if auth is not None else Authenticator()
         self._quota = quota if quota is not None else AppendQuota()
@@ -247,11 +307,15 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
 
     def _admit(self, context: Context, role: str, action: str) -> Principal:
         """Who is calling, if they may ``action``; raise otherwise (or while stopping)."""
-        if self._draining:
-            raise UnavailableError("the log is shutting down; retry shortly", 1.0)
-        principal = self._auth.authenticate(context)
+        principal = self._authenticate(context)
         self._auth.authorize(principal, role, action)
         return principal
+
+    def _authenticate(self, context: Context) -> Principal:
+        """Who is calling; raise if their credential is bad (or while stopping)."""
+        if self._draining:
+            raise UnavailableError("the log is shutting down; retry shortly", 1.0)
+        return self._auth.authenticate(context)
 
     async def _in_thread(self, work: Callable[[], R]) -> R:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
@@ -385,8 +449,14 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         DEADLINE_EXCEEDED, queued behind it. A client that goes away ends it
         too, which is normal: logged at debug.
         """
+        started = time.perf_counter()
+        principal = _NOBODY
+        code = "CANCELLED"  # unless it ends otherwise
+        rejection = ""
+        sent = 0
         try:
-            self._admit(context, "read", "GetEntries")
+            principal = self._authenticate(context)
+            self._auth.authorize(principal, "read", "GetEntries")
             the_log = self._log
             settings = the_log.settings
             page_size = validate.check_entries_request(request, settings)
@@ -411,17 +481,38 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
                     ),
                 )
                 del page  # the message holds the leaves now; keep one copy per stream
+                if self._observer is not None:
+                    sent += message.ByteSize()
                 await _write_page(context, message, settings.entry_stream_stall_s)
+            code = "OK"
         except asyncio.CancelledError:
             log.debug("GetEntries from %s cancelled", context.peer())
             raise
         except Exception as e:
             if isinstance(e, grpc.aio.AbortError):
+                code = "UNKNOWN"
                 raise
             if context.cancelled() or isinstance(e, _WRITE_FAILED):
                 log.debug("GetEntries to %s ended: the client went away", context.peer())
                 return
-            await _abort(context, e)
+            status = _status_of(e)
+            code = status[0].name
+            rejection = _rejection(e)
+            await _abort(context, e, status)
+        finally:
+            if self._observer is not None:
+                self._observer.record(
+                    started,
+                    "server_stream",
+                    "GetEntries",
+                    code,
+                    context.peer(),
+                    principal.identity,
+                    principal.method,
+                    rejection,
+                    request,
+                    sent,
+                )
 
     @_rpc("read")
     async def SearchEntries(  # noqa: N802

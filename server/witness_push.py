@@ -37,6 +37,9 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -52,13 +55,35 @@ from sealog.client.witness.protocol import (
 )
 from sealog.server.log import Log
 
-__all__ = ["DEFAULT_PUSH_INTERVAL_S", "WitnessPusher"]
+__all__ = ["DEFAULT_PUSH_INTERVAL_S", "PushStats", "WitnessPusher", "witness_label"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PUSH_INTERVAL_S = 10.0
 """Least time between two rounds of add-checkpoint requests to one witness: 8,640 a
 day, the quota the witness network's staging list grants a Sigsum log."""
+
+
+@dataclass
+class PushStats:
+    """One witness URL's push outcomes so far."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    """Rounds by outcome: ``ok`` (cosigned and stored), ``refused`` (the witness said
+    no, or has a larger tree), ``unreachable``, ``not_stored`` (the cosignature did not
+    verify or could not be written), ``error`` (a fault of the pusher's own)."""
+    last_success: float | None = None
+    """``time.monotonic()`` of the last ``ok``."""
+
+
+def witness_label(url: str) -> str:
+    """``url`` without credentials, query or fragment: how metrics name a witness."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class WitnessPusher:
@@ -84,6 +109,7 @@ class WitnessPusher:
         self.requests_sent: dict[str, int] = dict.fromkeys(self.urls, 0)
         """add-checkpoint requests sent to each URL so far."""
         self._sizes: dict[str, int] = {}
+        self._stats = {url: PushStats() for url in self.urls}
         self._loop = asyncio.new_event_loop()
         self._wake: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
@@ -96,6 +122,10 @@ class WitnessPusher:
         self._ready.wait()
         self._log.add_checkpoint_listener(self._on_checkpoint)
         return self
+
+    def push_stats(self) -> dict[str, PushStats]:
+        """Each URL's outcomes so far, by :func:`witness_label`."""
+        return {witness_label(url): stats for url, stats in self._stats.items()}
 
     def stop(self) -> None:
         """Stop pushing; a request in flight is abandoned."""
@@ -166,14 +196,19 @@ class WitnessPusher:
                 *(self._push(session, url, note) for url in due), return_exceptions=True
             )
             for url, result in zip(due, results, strict=True):
-                if result is True:
-                    pushed[url] = note
-                    continue
+                stats = self._stats[url]
                 if isinstance(result, BaseException):
                     log.error("pushing to witness %s failed", url, exc_info=result)
+                outcome = "error" if isinstance(result, BaseException) else result
+                stats.outcomes[outcome] += 1
+                if outcome == "ok":
+                    stats.last_success = time.monotonic()
+                    pushed[url] = note
+                    continue
                 retry_at[url] = now + max(self.interval_s, self.retry_s)
 
-    async def _push(self, session: aiohttp.ClientSession, url: str, note: bytes) -> bool:
+    async def _push(self, session: aiohttp.ClientSession, url: str, note: bytes) -> str:
+        """Push ``note`` to ``url``; the outcome, as :attr:`PushStats.outcomes` names it."""
         size = Checkpoint.parse(parse_note(note)[0]).size
         for _attempt in range(2):
             old = self._sizes.get(url, 0)
@@ -181,7 +216,7 @@ class WitnessPusher:
                 log.error(
                     "witness %s has size %d, beyond this log's %d: not pushing", url, old, size
                 )
-                return False
+                return "refused"
             try:
                 proof = (
                     await asyncio.to_thread(self._log.consistency_proof, old, size)
@@ -199,18 +234,18 @@ class WitnessPusher:
                     except ValueError:
                         pass
                 log.warning("witness %s refused checkpoint %d: %s", url, size, e)
-                return False
+                return "refused"
             except (aiohttp.ClientError, TimeoutError, OSError, SealogError) as e:
                 log.warning("witness %s unreachable: %s", url, str(e) or type(e).__name__)
-                return False
+                return "unreachable"
             self._sizes[url] = size
             try:
                 await asyncio.to_thread(self._log.add_cosignature, note + lines)
             except SealogError as e:
                 log.warning("cosignature from witness %s not stored: %s", url, e)
-                return False
-            return True
-        return False
+                return "not_stored"
+            return "ok"
+        return "refused"
 
     async def _post(
         self, session: aiohttp.ClientSession, url: str, request: AddCheckpointRequest

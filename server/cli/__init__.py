@@ -16,13 +16,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import grpc
 
 from sealog.client import display
 from sealog.client.errors import SealogError
 from sealog.server.cli import health, monitor, operator, serve, service, witness
-from sealog.server.cli.options import Commands
+from sealog.server.cli.options import CommandParser, Commands
 
 __all__ = ["EXIT_STDOUT_CLOSED", "build_parser", "main"]
 
@@ -81,7 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Each command's parser keeps the arguments it parsed (serve tells given options apart).
+    commands = cast(
+        Commands,
+        parser.add_subparsers(
+            dest="command", required=True, metavar="COMMAND", parser_class=CommandParser
+        ),
+    )
     for add in _COMMANDS:
         add(commands)
     return parser

@@ -8,10 +8,13 @@ them back from the parsed arguments.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TextIO, TypeAlias
 
 import grpc
 
@@ -23,17 +26,22 @@ from sealog.client.note import Ed25519Verifier
 from sealog.client.tls import channel_credentials
 from sealog.client.witness_policy import WitnessPolicy
 from sealog.server.app import VKEY_FILE
+from sealog.server.log_format import FORMATS, LogFormat, configure_logging
 
 __all__ = [
+    "COMMAND_LINE",
     "DEFAULT_DATA_DIR",
     "DEFAULT_TARGET",
     "ORIGIN_HELP",
     "TRUSTED_VKEY_HELP",
     "VKEY_FALLBACK",
     "VKEY_HELP",
+    "CommandLine",
+    "CommandParser",
     "Commands",
     "add_client_options",
     "add_command",
+    "add_log_format_option",
     "add_origin_option",
     "add_target_option",
     "add_tls_client_options",
@@ -42,6 +50,7 @@ __all__ = [
     "add_witness_vkey_option",
     "client_from_args",
     "credentials_from_args",
+    "log_to_stderr",
     "positive_int",
     "positive_seconds",
     "target_from_args",
@@ -70,6 +79,46 @@ Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 # --- commands and value types -----------------------------------------------------
+COMMAND_LINE = "command_line"
+"""The attribute of a parsed command's arguments that holds its :class:`CommandLine`."""
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """The arguments one command's parser was given, and that parser."""
+
+    parser: argparse.ArgumentParser
+    args: tuple[str, ...]
+
+    def given(self) -> frozenset[str]:
+        """The ``dest`` of every option the command line gave, whatever its value: an
+        option given with its default value is given, one left out is not.
+
+        The arguments are parsed again into a namespace where every option's value is
+        None, so that no default is filled in: an option the command line gave has
+        a value afterwards (a store action's converted value, a flag's constant, an
+        append action's list).
+        """
+        dests = {a.dest for a in self.parser._actions if a.dest != argparse.SUPPRESS}
+        blank = argparse.Namespace(**dict.fromkeys(dests))
+        self.parser.parse_known_args(self.args, blank)
+        return frozenset(d for d in dests if getattr(blank, d) is not None)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of one command: it also keeps the arguments it parsed, as a
+    :class:`CommandLine` under :data:`COMMAND_LINE`, so that the command can tell an
+    option given on the command line from one left at its default."""
+
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        given = tuple(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(given, namespace)
+        setattr(parsed, COMMAND_LINE, CommandLine(self, given))
+        return parsed, extras
+
+
 def add_command(
     commands: Commands,
     name: str,
@@ -107,6 +156,24 @@ def positive_int(text: str) -> int:
 
 
 # --- the log's key ----------------------------------------------------------------
+def add_log_format_option(p: argparse.ArgumentParser) -> None:
+    """``--log-format`` of the commands that run a server."""
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="log lines on stderr as text for people or json for log collectors, one "
+        "record per line (docs/operations.md, 'Logs'; default %(default)s)",
+    )
+
+
+def log_to_stderr(args: argparse.Namespace) -> logging.StreamHandler[TextIO]:
+    """Set up the log as a server logs: ``--log-format``, INFO and up (DEBUG with -v)."""
+    log_format: LogFormat = args.log_format
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    return configure_logging(log_format, level)
+
+
 def add_vkey_option(p: argparse.ArgumentParser, help: str = VKEY_HELP) -> None:
     """--vkey: the log's Ed25519 verifier key (C2SP signed-note), read by
     :func:`verifier_from_args`."""

@@ -8,6 +8,8 @@ cosignatures it keeps (c2sp.org/tlog-witness), its access policy and its TLS.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import os
 import signal
 import threading
@@ -16,13 +18,17 @@ from pathlib import Path
 from sealog.client._encoding import encode_base64
 from sealog.client.checkpoint import open_checkpoint
 from sealog.client.errors import SealogError
+from sealog.server.access_log import AccessLog
 from sealog.server.app import LogServer, TlsFiles
+from sealog.server.cli import serve_config
 from sealog.server.cli.options import (
     DEFAULT_DATA_DIR,
     DEFAULT_TARGET,
     Commands,
     add_command,
+    add_log_format_option,
     add_witness_vkey_option,
+    log_to_stderr,
     positive_seconds,
     witness_keys,
 )
@@ -31,6 +37,8 @@ from sealog.server.tls import is_loopback
 from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S
 
 __all__ = ["add_serve", "cmd_serve"]
+
+log = logging.getLogger("sealog.serve")
 
 _SETTINGS_FLAGS: tuple[tuple[str, str], ...] = (
     ("max_entry_bytes", "largest payload (default %(default)s)"),
@@ -96,6 +104,7 @@ def add_serve(commands: Commands) -> None:
         "generated there on first run, listening on loopback. SIGTERM/Ctrl-C commits "
         "queued appends before exiting; a second signal forces.",
     )
+    serve_config.add_config_options(p)
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="data folder (default %(default)s)")
     p.add_argument(
         "--listen", default=DEFAULT_TARGET, help="address to listen on (default %(default)s)"
@@ -174,6 +183,21 @@ def add_serve(commands: Commands) -> None:
         help="allow plaintext on a non-loopback address (only behind something that encrypts)",
     )
     p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics "
+        "(docs/operations.md, 'Metrics'; default: off). They name no identity or payload; "
+        "keep the address private all the same",
+    )
+    add_log_format_option(p)
+    p.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="write no access line per RPC (method, peer, identity, status, duration, sizes) "
+        "to the log",
+    )
+    p.add_argument(
         "--no-reflection",
         dest="reflection",
         action="store_false",
@@ -185,6 +209,12 @@ def add_serve(commands: Commands) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    config = serve_config.resolve(args)  # flags > SEALOG_* > --config FILE > defaults
+    if args.print_config:
+        print(config.toml(), end="")
+        return 0
+    args = config.args
+    handler = log_to_stderr(args)
     settings = Settings(**{name: getattr(args, name) for name, _ in _SETTINGS_FLAGS})
     witnesses = witness_keys(args.witness_vkey)
     if args.push_witness and not witnesses:
@@ -222,6 +252,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         extra_key_files=args.extra_key_file or (),
         new_log=args.new_log,
         reflection=args.reflection,
+        metrics_address=args.metrics_listen,
+        access_log=AccessLog(handler, args.log_format) if args.access_log else None,
     )
     host = args.listen.rsplit(":", 1)[0]
     if args.tls_cert:
@@ -254,6 +286,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"  checkpoint:   size {cp.size}, root {encode_base64(cp.root_hash)}\n"
         + "".join(f"  witness:      {w.vkey}\n" for w in witnesses)
         + "".join(f"  pushing to:   {url}\n" for url in args.push_witness or ())
+        + (
+            f"  metrics:      http://{args.metrics_listen.rsplit(':', 1)[0]}:"
+            f"{server.metrics_listener.port}/metrics\n"
+            if server.metrics_listener is not None
+            else ""
+        )
         + "Stop with Ctrl-C (queued appends are committed first).",
         flush=True,
     )
@@ -263,14 +301,62 @@ def cmd_serve(args: argparse.Namespace) -> int:
             reloaded = server.auth.reload()
         except SealogError as e:
             print(f"sealog: policy NOT reloaded, the old one stays in force: {e}", flush=True)
+            log.warning("policy NOT reloaded, the old one stays in force: %s", e)
         else:
             if reloaded is not None:
                 print(
                     f"sealog: policy reloaded ({len(reloaded.identities)} identities)", flush=True
                 )
+                log.info(
+                    "policy reloaded", extra={"fields": {"identities": len(reloaded.identities)}}
+                )
 
     signal.signal(signal.SIGHUP, on_hangup)
+    _log_start(args, server, settings, transport, access, cp.size)
     stop.wait()
     print("sealog: shutting down", flush=True)
+    log.info(
+        "shutting down: committing queued appends",
+        extra={"fields": {"queued_entries": server.log.queued_entries()}},
+    )
     server.stop()
+    size = open_checkpoint(server.log.latest_checkpoint(), server.signer.verifier()).checkpoint.size
+    log.info("stopped", extra={"fields": {"tree_size": size}})
     return 0
+
+
+def _log_start(
+    args: argparse.Namespace,
+    server: LogServer,
+    settings: Settings,
+    transport: str,
+    access: str,
+    size: int,
+) -> None:
+    """Two lines in the log: what was opened, and every setting in force."""
+    listener = server.metrics_listener
+    log.info(
+        "serving",
+        extra={
+            "fields": {
+                "origin": args.origin_name,
+                "data_dir": str(Path(args.data_dir).resolve()),
+                "address": f"{args.listen.rsplit(':', 1)[0]}:{server.port}",
+                "transport": transport,
+                "mtls_address": f"{args.mtls_listen.rsplit(':', 1)[0]}:{server.mtls_port}"
+                if args.mtls_listen
+                else None,
+                "access": access,
+                "verifier_key": server.signer.verifier().vkey,
+                "tree_size": size,
+                "witnesses": len(server.log.witnesses),
+                "push_witnesses": len(args.push_witness or ()),
+                "metrics": f"{args.metrics_listen.rsplit(':', 1)[0]}:{listener.port}"
+                if listener is not None
+                else None,
+                "access_log": bool(args.access_log),
+                "log_format": args.log_format,
+            }
+        },
+    )
+    log.info("settings", extra={"fields": dataclasses.asdict(settings)})

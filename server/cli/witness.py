@@ -4,6 +4,8 @@ checkpoints (c2sp.org/tlog-cosignature) over HTTP."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -15,9 +17,18 @@ from sealog.client.keyfile import read_key_file
 from sealog.client.note import Ed25519Verifier
 from sealog.client.witness.endpoint import WitnessHTTPServer
 from sealog.client.witness.protocol import Witness
-from sealog.server.cli.options import Commands, add_command, positive_int, positive_seconds
+from sealog.server.cli.options import (
+    Commands,
+    add_command,
+    add_log_format_option,
+    log_to_stderr,
+    positive_int,
+    positive_seconds,
+)
 
 __all__ = ["add_witness", "cmd_witness_serve"]
+
+log = logging.getLogger("sealog.witness")
 
 
 def add_witness(commands: Commands) -> None:
@@ -91,10 +102,12 @@ def _add_witness_serve(commands: Commands) -> None:
         help="requests handled at once; more are answered 503 with Retry-After "
         "(default %(default)s)",
     )
+    add_log_format_option(w)
     w.set_defaults(func=cmd_witness_serve)
 
 
 def cmd_witness_serve(args: argparse.Namespace) -> int:
+    log_to_stderr(args)
     cosigner = Cosigner.from_skey(read_key_file(args.key, private=True))
     logs: dict[str, list[Ed25519Verifier]] = {}
     for value in args.log:
@@ -136,7 +149,22 @@ def cmd_witness_serve(args: argparse.Namespace) -> int:
         "Stop with Ctrl-C.",
         flush=True,
     )
+    log.info(
+        "serving",
+        extra={
+            "fields": {
+                "witness": cosigner.name,
+                "url": server.url,
+                "witness_key": cosigner.verifier().vkey,
+                "logs": sorted(logs),
+                "state_dir": str(Path(args.state_dir).resolve()),
+                **dataclasses.asdict(limits),
+            }
+        },
+    )
     stop.wait()
+    log.info("shutting down")
     server.stop()
     witness.close()
+    log.info("stopped")
     return 0
