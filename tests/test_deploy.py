@@ -9,6 +9,7 @@ privileges and no writable executable memory.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,10 +49,6 @@ UNIT = ROOT / "deploy" / "sealog.service"
 CONFIG = ROOT / "deploy" / "sealog.toml"
 SANDBOX = Path(__file__).resolve().parent / "unit_sandbox.py"
 INSTALLED_SEALOG = "/opt/sealog/bin/sealog"
-
-NOT_YET_SERVE_OPTIONS = frozenset({"metrics_listen"})
-"""Keys of deploy/sealog.toml whose serve option is being added on another branch
-(--metrics-listen). Remove a name once `sealog serve` has the option."""
 
 
 def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
@@ -138,31 +136,24 @@ def _serve_options() -> dict[str, argparse.Action]:
     }
 
 
-def test_every_key_of_the_example_config_is_a_serve_option() -> None:
+def test_every_key_of_the_example_config_is_a_serve_option(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tomllib.loads(CONFIG.read_text(encoding="utf-8"))
-    options = _serve_options()
-    unknown = sorted(set(config) - set(options) - NOT_YET_SERVE_OPTIONS)
+    unknown = sorted(set(config) - set(_serve_options()))
     assert unknown == [], f"deploy/sealog.toml keys that sealog serve lacks: {unknown}"
-    for key in NOT_YET_SERVE_OPTIONS & set(options):
-        pytest.fail(f"serve has --{key.replace('_', '-')} now: drop it from NOT_YET_SERVE_OPTIONS")
-    # Each value parses as that option does on the command line.
-    argv: list[str] = ["serve"]
-    for key, value in config.items():
-        if key in NOT_YET_SERVE_OPTIONS:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            argv += [flag] if value else []
-        elif isinstance(value, list):
-            for item in value:
-                argv += [flag, str(item)]
-        else:
-            argv += [flag, str(value)]
-    args = build_parser().parse_args(argv)
-    for key, value in config.items():
-        if key in NOT_YET_SERVE_OPTIONS:
-            continue
-        assert getattr(args, options[key].dest) == value, key
+    # serve itself reads the file: every value of the type its option takes, each in force.
+    for name in [n for n in os.environ if n.startswith("SEALOG_")]:
+        monkeypatch.delenv(name)
+    assert sealog_main(["serve", "--config", str(CONFIG), "--print-config"]) == 0
+    effective = capsys.readouterr().out
+    assert tomllib.loads(effective) | config == tomllib.loads(effective)
+    from_file = {
+        line.split(" = ", 1)[0]
+        for line in effective.splitlines()
+        if line.endswith(f"# file {CONFIG}")
+    }
+    assert from_file == set(config)
     assert config["data_dir"] == "/var/lib/sealog"  # the unit's StateDirectory
 
 
@@ -252,8 +243,9 @@ def test_serve_works_inside_the_units_sandbox(
     witness: tuple[WitnessHTTPServer, Ed25519Signer],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """TLS, mutual TLS, a policy and its reload, a pushed witness, reflection, health and
-    a clean stop, with the unit's system call filter and no writable executable memory."""
+    """TLS, mutual TLS, a policy and its reload, a pushed witness, metrics, reflection,
+    health and a clean stop, with the unit's system call filter and no writable executable
+    memory."""
     _sandbox_or_skip(tmp_path)
     witness_server, log_key = witness
     key_file = tmp_path / "log.key"
@@ -292,6 +284,8 @@ def test_serve_works_inside_the_units_sandbox(
         witness_server.url,
         "--push-witness-interval",
         "0.05",
+        "--metrics-listen",
+        "127.0.0.1:0",
         cwd=tmp_path,
         launcher=[sys.executable, str(SANDBOX), str(UNIT), "--"],
     )
@@ -321,6 +315,10 @@ def test_serve_works_inside_the_units_sandbox(
         with grpc.secure_channel(proc.target, tls) as channel:
             services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
             assert "sealog.v1.LogService" in services
+        metrics = re.search(r"metrics:\s+(http://\S+)", proc.stdout)
+        assert metrics is not None, proc.stdout
+        with urllib.request.urlopen(metrics.group(1), timeout=10) as answer:
+            assert b"sealog_" in answer.read()
         capsys.readouterr()
         status = sealog_main(
             [
@@ -340,6 +338,9 @@ def test_serve_works_inside_the_units_sandbox(
         _wait(lambda: "policy reloaded" in proc.stdout, "the policy reload")
         assert proc.terminate() == 0
         assert "shutting down" in proc.stdout
-        assert proc.stderr == ""
+        # The server logs to stderr (the journal): every line INFO, none a warning or worse.
+        levels = {line.split(" ", 2)[1] for line in proc.stderr.splitlines()}
+        assert levels == {"INFO"}, proc.stderr
+        assert "sealog.access: Append OK" in proc.stderr
     finally:
         proc.close()
