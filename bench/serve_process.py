@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -91,9 +92,16 @@ def rss_kib(pid: int) -> dict[str, int]:
 
 
 class SealogServe:
-    """``sealog serve --data-dir DIR --listen 127.0.0.1:0 ARGS`` in a subprocess (in ``cwd``)."""
+    """``sealog serve --data-dir DIR --listen 127.0.0.1:0 ARGS`` in a subprocess (in ``cwd``),
+    run through ``launcher`` (a command that takes the command line to run) if given."""
 
-    def __init__(self, data_dir: Path, *args: str, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        cwd: Path | None = None,
+        launcher: Sequence[str] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []
@@ -104,6 +112,7 @@ class SealogServe:
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
             [
+                *launcher,
                 *sealog_command(),
                 "serve",
                 "--data-dir",

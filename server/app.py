@@ -20,6 +20,9 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection as grpc_reflection
+from grpc_reflection.v1alpha import reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer  # reflection.aio's, typed
 
 from sealog.client.cosignature import CosignatureVerifier
 from sealog.client.keyfile import read_key_file
@@ -37,7 +40,7 @@ from sealog.server.servicer import SERVICE_NAME, LogServicer
 from sealog.server.storage import StorageCorruptError
 from sealog.server.tls import is_loopback, server_credentials
 from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S, WitnessPusher
-from sealog.v1 import log_pb2_grpc
+from sealog.v1 import log_pb2, log_pb2_grpc
 
 __all__ = [
     "KEY_FILE",
@@ -48,6 +51,7 @@ __all__ = [
     "connection_limit",
     "new_grpc_server",
     "raise_fd_limit",
+    "reflected_services",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,6 +167,19 @@ def new_grpc_server(settings: Settings, max_connections: int | None = None) -> g
     )
 
 
+def reflected_services() -> tuple[str, ...]:
+    """The services server reflection lists: the log's, health and reflection itself.
+
+    Reflection (grpc.reflection.v1alpha.ServerReflection) answers with the schema only:
+    the ``.proto`` files these services are built from, which ship in the package.
+    """
+    return (
+        log_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        grpc_reflection.SERVICE_NAME,
+    )
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -226,6 +243,7 @@ class LogServer:
         new_log: bool = False,
         metrics_address: str | None = None,
         access_log: AccessLog | None = None,
+        reflection: bool = True,
     ) -> LogServer:
         """Open the log in ``data_dir`` and serve it on ``address``.
 
@@ -258,6 +276,10 @@ class LogServer:
         ``metrics_address`` serves Prometheus metrics over HTTP at ``/metrics``
         (:mod:`sealog.server.metrics`); ``access_log`` writes a line per RPC
         (:mod:`sealog.server.access_log`). Without either, RPCs record nothing.
+
+        ``reflection`` serves gRPC server reflection on every port, so tools
+        such as grpcurl can list the services and their messages
+        (:func:`reflected_services`); it reveals the schema, nothing of the log.
         """
         if tls is None and not allow_insecure_remote and not is_loopback(address):
             raise ValueError(
@@ -283,6 +305,7 @@ class LogServer:
                 new_log=new_log,
                 metrics_address=metrics_address,
                 access_log=access_log,
+                reflection=reflection,
             )
         except BaseException:
             folder.release()
@@ -307,6 +330,7 @@ class LogServer:
         new_log: bool,
         metrics_address: str | None,
         access_log: AccessLog | None,
+        reflection: bool,
     ) -> LogServer:
         auth = Authenticator(policy_file)
         # Everything the folder must hold is checked before anything is created
@@ -354,6 +378,12 @@ class LogServer:
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
             add_service(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
             add_service(server, log_pb2_grpc.add_LogServiceServicer_to_server, servicer)
+            if reflection:
+                add_service(
+                    server,
+                    reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                    ReflectionServicer(reflected_services()),
+                )
             port = _listen(server, address, tls, mtls=mtls_address is None)
             mtls_port = _listen(server, mtls_address, tls, mtls=True) if mtls_address else None
             await server.start()

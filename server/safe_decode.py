@@ -7,6 +7,11 @@ refuses every call. :func:`add_service` registers a service's handlers with
 a request decoder that never raises: a failure becomes a marker that the
 handler turns into INVALID_ARGUMENT. The handlers are wrapped once, when the
 service is added, so a call pays nothing for it but a type check.
+
+A bidirectional stream (server reflection's ServerReflectionInfo) gets the same
+decoder: the first undecodable message in the stream ends the call with
+INVALID_ARGUMENT before the handler sees it. (grpcio itself would end it with
+UNKNOWN and the decoder's exception text; the stream is not leaked either way.)
 """
 
 from __future__ import annotations
@@ -74,10 +79,36 @@ def _guard(behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
     return call
 
 
+def _guard_requests(behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
+    """Wrap an async bidirectional-streaming behaviour: refuse its first undecodable request."""
+
+    async def bidi(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async def decoded() -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, _Undecodable):
+                    await _refuse(request, context, method)
+                yield request
+
+        async for response in behaviour(decoded(), context):
+            yield response
+
+    return bidi
+
+
 def _safe(handler: _Handler, method: str) -> _Handler:
-    if handler.request_streaming or handler.request_deserializer is None:
+    if handler.request_deserializer is None:
         return handler
     decode = _safe_decoder(handler.request_deserializer)
+    if handler.request_streaming:
+        if handler.stream_stream is None or not inspect.isasyncgenfunction(handler.stream_stream):
+            return handler  # no such service here: client streams answered once
+        return grpc.stream_stream_rpc_method_handler(
+            _guard_requests(handler.stream_stream, method),
+            request_deserializer=decode,
+            response_serializer=handler.response_serializer,
+        )
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             _guard(handler.unary_unary, method),

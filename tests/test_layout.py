@@ -72,7 +72,12 @@ _CLIENT_THIRD_PARTY = _CORE_THIRD_PARTY | {
     "google.rpc",
     "aiohttp",
 }
-_SERVER_THIRD_PARTY = _CLIENT_THIRD_PARTY | {"lmdb", "grpc_health", "prometheus_client"}
+_SERVER_THIRD_PARTY = _CLIENT_THIRD_PARTY | {
+    "lmdb",
+    "grpc_health",
+    "grpc_reflection",
+    "prometheus_client",
+}
 ALLOWED_THIRD_PARTY: dict[str, frozenset[str]] = {
     CORE: _CORE_THIRD_PARTY,
     CLIENT: _CLIENT_THIRD_PARTY,

@@ -2,8 +2,8 @@
 
 This package's top holds the program (its global flags, epilog and exit statuses) and
 the list of its commands; each command's arguments, help and body sit together in the
-module of the party that runs it: :mod:`.operator` and :mod:`.serve` (the log's
-operator), :mod:`.service` (services and readers), :mod:`.monitor` (monitors and
+module of the party that runs it: :mod:`.operator`, :mod:`.serve` and :mod:`.health`
+(the log's operator), :mod:`.service` (services and readers), :mod:`.monitor` (monitors and
 auditors) and :mod:`.witness`. :mod:`.options` and :mod:`.output` hold what several
 commands share.
 """
@@ -22,7 +22,7 @@ import grpc
 
 from sealog.client import display
 from sealog.client.errors import SealogError
-from sealog.server.cli import monitor, operator, serve, service, witness
+from sealog.server.cli import health, monitor, operator, serve, service, witness
 from sealog.server.cli.options import CommandParser, Commands
 
 __all__ = ["EXIT_STDOUT_CLOSED", "build_parser", "main"]
@@ -40,6 +40,7 @@ _COMMANDS: tuple[Callable[[Commands], None], ...] = (
     service.add_search,
     operator.add_apikey,
     operator.add_reload_policy,
+    health.add_health,
     monitor.add_monitor,
     monitor.add_check_evidence,
     monitor.add_audit,
@@ -47,7 +48,9 @@ _COMMANDS: tuple[Callable[[Commands], None], ...] = (
     witness.add_witness,
 )
 """Every command, in the order ``sealog --help`` lists them: first what the quick start
-uses, then checks and copies of the data folder, access, monitoring and witnessing."""
+uses, then checks and copies of the data folder, access, the running server's health
+(an operator's probe, beside reload-policy, the other call an operator makes to it),
+monitoring and witnessing."""
 
 _EPILOG = """\
 Quick start (two terminals):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, TypeAlias
 
+import grpc
+
 from sealog.client.cosignature import CosignatureVerifier
 from sealog.client.errors import SealogError
 from sealog.client.keyfile import read_key_file
@@ -41,13 +43,17 @@ __all__ = [
     "add_command",
     "add_log_format_option",
     "add_origin_option",
+    "add_target_option",
+    "add_tls_client_options",
     "add_vkey_option",
     "add_witness_options",
     "add_witness_vkey_option",
     "client_from_args",
+    "credentials_from_args",
     "log_to_stderr",
     "positive_int",
     "positive_seconds",
+    "target_from_args",
     "verifier_from_args",
     "witness_keys",
     "witness_policy_from_args",
@@ -250,12 +256,37 @@ def witness_policy_from_args(args: argparse.Namespace) -> WitnessPolicy | None:
 
 
 # --- a connection to a log ----------------------------------------------------------
-def add_client_options(p: argparse.ArgumentParser) -> None:
-    """Where the log is, how to trust and reach it, and --json: every command that talks
-    to a log takes these, read by :func:`client_from_args`."""
+def add_target_option(p: argparse.ArgumentParser) -> None:
+    """--target: the log server's address, read by :func:`target_from_args`."""
     p.add_argument(
         "--target", help=f"log server address (default $SEALOG_TARGET or {DEFAULT_TARGET})"
     )
+
+
+def target_from_args(args: argparse.Namespace) -> str:
+    """--target, else $SEALOG_TARGET, else :data:`DEFAULT_TARGET`."""
+    return str(args.target or os.environ.get("SEALOG_TARGET") or DEFAULT_TARGET)
+
+
+def add_tls_client_options(p: argparse.ArgumentParser) -> None:
+    """--tls-ca, --tls-cert, --tls-key: how to connect with TLS, read by
+    :func:`credentials_from_args`."""
+    p.add_argument("--tls-ca", help="connect with TLS, trusting this CA file (PEM)")
+    p.add_argument("--tls-cert", help="client certificate for mutual TLS (PEM)")
+    p.add_argument("--tls-key", help="client certificate's private key (PEM)")
+
+
+def credentials_from_args(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials of :func:`add_tls_client_options`, or None for plaintext."""
+    if args.tls_ca or args.tls_cert:
+        return channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    return None
+
+
+def add_client_options(p: argparse.ArgumentParser) -> None:
+    """Where the log is, how to trust and reach it, and --json: every command that talks
+    to a log takes these, read by :func:`client_from_args`."""
+    add_target_option(p)
     add_vkey_option(p)
     add_origin_option(p)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
@@ -263,9 +294,7 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--api-key", help="present this API key (default $SEALOG_API_KEY); see `sealog apikey`"
     )
-    p.add_argument("--tls-ca", help="connect with TLS, trusting this CA file (PEM)")
-    p.add_argument("--tls-cert", help="client certificate for mutual TLS (PEM)")
-    p.add_argument("--tls-key", help="client certificate's private key (PEM)")
+    add_tls_client_options(p)
     add_witness_options(p)
 
 
@@ -275,17 +304,13 @@ def client_from_args(args: argparse.Namespace) -> LogClient:
     The target falls back to $SEALOG_TARGET, then :data:`DEFAULT_TARGET`; the API key
     to $SEALOG_API_KEY.
     """
-    target = args.target or os.environ.get("SEALOG_TARGET") or DEFAULT_TARGET
     policy = witness_policy_from_args(args)
-    credentials = None
-    if args.tls_ca or args.tls_cert:
-        credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
     return LogClient(
-        target,
+        target_from_args(args),
         verifier_from_args(args),
         origin=args.origin,
         timeout=args.timeout,
         witnesses=policy if policy is not None else (),
-        credentials=credentials,
+        credentials=credentials_from_args(args),
         api_key=args.api_key or os.environ.get("SEALOG_API_KEY") or None,
     )

@@ -197,6 +197,14 @@ def add_serve(commands: Commands) -> None:
         help="write no access line per RPC (method, peer, identity, status, duration, sizes) "
         "to the log",
     )
+    p.add_argument(
+        "--no-reflection",
+        dest="reflection",
+        action="store_false",
+        help="do not serve gRPC server reflection (on by default, on every port, to anyone "
+        "who can connect: it lists the services and their .proto schema, which ship with "
+        "sealog, and nothing of the log)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -243,6 +251,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         mtls_address=args.mtls_listen,
         extra_key_files=args.extra_key_file or (),
         new_log=args.new_log,
+        reflection=args.reflection,
         metrics_address=args.metrics_listen,
         access_log=AccessLog(handler, args.log_format) if args.access_log else None,
     )
