@@ -7,6 +7,7 @@ that test modules can import them for type hints.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from pki import TestCA
 
 from bench.serve_process import SealogServe as ServeProcess
 from bench.serve_process import child_env, sealog_command
@@ -22,7 +24,7 @@ from sealog.client.compact import CompactRange
 from sealog.client.hashing import leaf_hash
 from sealog.client.log_client import Entry, LogClient
 from sealog.client.note import Ed25519Verifier
-from sealog.server.app import LogServer
+from sealog.server.app import LogServer, TlsFiles
 from sealog.server.config import Settings
 from sealog.v1 import log_pb2_grpc
 
@@ -38,6 +40,7 @@ __all__ = [
     "run_sealog",
     "run_threads",
     "sealog_command",
+    "tls_log_server",
 ]
 
 OpenLog = Callable[..., "RunningLog"]
@@ -299,3 +302,24 @@ class RunningLog:
         for c in self._closeables:
             c.close()
         self.server.stop(grace=2.0)
+
+
+@contextlib.contextmanager
+def tls_log_server(
+    tmp_path: Path, *, ips: tuple[str, ...] = ("127.0.0.1",), **options: Any
+) -> Iterator[tuple[LogServer, TestCA]]:
+    """A log on ``localhost:0`` serving TLS with a certificate of a new CA (for
+    localhost and ``ips``); that CA also signs client certificates for mutual TLS
+    (on ``mtls_address`` if given, else on the main port). Stopped on exit."""
+    ca = TestCA(tmp_path / "pki")
+    cert = ca.issue("server", cn="localhost", dns=("localhost",), ips=ips, server=True)
+    server = LogServer.open(
+        tmp_path / "data",
+        address="localhost:0",
+        tls=TlsFiles(cert.cert_file, cert.key_file, ca.ca_file),
+        **options,
+    )
+    try:
+        yield server, ca
+    finally:
+        server.stop()

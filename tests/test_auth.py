@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from e2e_support import tls_log_server
 from pki import Issued, TestCA
 
 from sealog.client.errors import SealogError
@@ -304,17 +305,8 @@ def test_an_api_key_cannot_take_a_certificate_identitys_name(world: World) -> No
 @pytest.fixture
 def open_mtls(tmp_path: Path) -> Iterator[tuple[LogServer, TestCA]]:
     """A log with mutual TLS and no policy: certificate identities are stamped as they are."""
-    ca = TestCA(tmp_path / "pki")
-    cert = ca.issue("server", cn="localhost", dns=("localhost",), ips=("127.0.0.1",), server=True)
-    server = LogServer.open(
-        tmp_path / "data",
-        address="localhost:0",
-        tls=TlsFiles(cert.cert_file, cert.key_file, ca.ca_file),
-    )
-    try:
-        yield server, ca
-    finally:
-        server.stop()
+    with tls_log_server(tmp_path) as served:
+        yield served
 
 
 @pytest.mark.slow

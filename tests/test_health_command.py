@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import OpenLog, Serve, run_sealog
+from e2e_support import OpenLog, Serve, run_sealog, tls_log_server
 from pki import TestCA
 
-from sealog.server.app import LogServer, TlsFiles
+from sealog.server.app import LogServer
 from sealog.server.cli import main
 from sealog.server.cli.health import EXIT_NO_ANSWER, EXIT_NOT_SERVING, EXIT_SERVING
 
@@ -96,18 +96,8 @@ def test_a_server_that_never_answers_times_out(capsys: pytest.CaptureFixture[str
 @pytest.fixture
 def tls_log(tmp_path: Path) -> Iterator[tuple[LogServer, TestCA]]:
     """A log on TLS (for a certificate naming localhost only) with a mutual TLS port."""
-    ca = TestCA(tmp_path / "pki")
-    cert = ca.issue("server", cn="localhost", dns=("localhost",), server=True)
-    server = LogServer.open(
-        tmp_path / "data",
-        address="localhost:0",
-        mtls_address="localhost:0",
-        tls=TlsFiles(cert.cert_file, cert.key_file, ca.ca_file),
-    )
-    try:
-        yield server, ca
-    finally:
-        server.stop()
+    with tls_log_server(tmp_path, ips=(), mtls_address="localhost:0") as served:
+        yield served
 
 
 def test_health_over_tls_and_mutual_tls(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from e2e_support import OpenLog, Serve
+from e2e_support import OpenLog, Serve, tls_log_server
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from pki import TestCA
 
 from sealog.client.tls import channel_credentials
-from sealog.server.app import LogServer, TlsFiles
+from sealog.server.app import LogServer
 from sealog.server.config import Settings
 from sealog.v1 import log_pb2
 
@@ -116,21 +116,10 @@ def test_undecodable_reflection_requests_are_invalid_argument_and_leak_no_stream
 @pytest.fixture
 def tls_log(tmp_path: Path) -> Iterator[tuple[LogServer, TestCA]]:
     """A log on TLS with a second, mutual TLS port and a policy that keeps reads private."""
-    ca = TestCA(tmp_path / "pki")
-    cert = ca.issue("server", cn="localhost", dns=("localhost",), ips=("127.0.0.1",), server=True)
     policy = tmp_path / "policy.toml"
     policy.write_text('public_read = false\n[[identity]]\nname = "reader"\nroles = ["read"]\n')
-    server = LogServer.open(
-        tmp_path / "data",
-        address="localhost:0",
-        mtls_address="localhost:0",
-        policy_file=policy,
-        tls=TlsFiles(cert.cert_file, cert.key_file, ca.ca_file),
-    )
-    try:
-        yield server, ca
-    finally:
-        server.stop()
+    with tls_log_server(tmp_path, mtls_address="localhost:0", policy_file=policy) as served:
+        yield served
 
 
 def test_reflection_serves_on_both_ports_without_an_identity(
