@@ -511,6 +511,8 @@ class LogServer:
         server stops.
         """
         self.enter_graceful_shutdown()
+        if self.metrics_listener is not None:
+            self.metrics_listener.stop()  # no scrape reads the log once it closes
         if self.servicer is not None:
             self.servicer.drain()
             time.sleep(DRAIN_S)
@@ -528,8 +530,6 @@ class LogServer:
         self.executor.shutdown(cancel_futures=True)  # a bulk read still running finishes first
         if self.observer is not None:
             self.observer.stop()  # the calls' last access lines
-        if self.metrics_listener is not None:
-            self.metrics_listener.stop()
         self.storage.close()
         if self.folder is not None:
             self.folder.release()

@@ -303,7 +303,8 @@ class _LogCollector(Collector):
         pushes = CounterMetricFamily(
             "sealog_witness_pushes",
             "Checkpoints pushed to each --push-witness URL, by outcome (ok: cosigned and "
-            "stored; refused: the witness said no; unreachable; not_stored)",
+            "stored; refused: the witness said no; unreachable; not_stored: its cosignature "
+            "was not kept; error: a fault of the pusher's own)",
             labels=["witness", "outcome"],
         )
         last_ok = GaugeMetricFamily(

@@ -331,7 +331,7 @@ class Sequencer:
         listener(None if fault is None else str(fault))
 
     def add_batch_listener(self, listener: Callable[[BatchStats], None]) -> None:
-        """Call ``listener`` on the writer thread after each committed batch is answered.
+        """Call ``listener`` on the writer thread after each durable commit of a batch.
 
         It must return quickly; an exception it raises is logged and ignored.
         """
@@ -722,6 +722,7 @@ class Sequencer:
             r.future.set_exception(r.error)
         if refused:
             batch = [r for r in batch if r.error is None]
+        self._tell_batch(batch, refused, added, committed_s)  # durable, whatever follows
         size = self._tree.size
         try:
             with self._storage.read() as snapshot:
@@ -752,20 +753,29 @@ class Sequencer:
             return
         for r, outcome in zip(batch, outcomes, strict=True):
             r.future.set_result(outcome)
-        if self._batch_listeners:
-            new = len(added)
-            stats = BatchStats(
-                len(batch) + len(refused),
-                new,
-                sum(len(r.entries) for r in batch) - new,
-                len(refused),
-                committed_s,
-            )
-            for listener in self._batch_listeners:
-                try:
-                    listener(stats)
-                except Exception:  # a listener must never stop the writer
-                    log.exception("batch listener failed")
+
+    def _tell_batch(
+        self,
+        committed: list[_Request],
+        refused: list[_Request],
+        added: list[tuple[int, bytes, bytes | None]],
+        seconds: float,
+    ) -> None:
+        if not self._batch_listeners:
+            return
+        new = len(added)
+        stats = BatchStats(
+            len(committed) + len(refused),
+            new,
+            sum(len(r.entries) for r in committed) - new,
+            len(refused),
+            seconds,
+        )
+        for listener in self._batch_listeners:
+            try:
+                listener(stats)
+            except Exception:  # a listener must never stop the writer
+                log.exception("batch listener failed")
 
     def _restore(
         self,

@@ -124,6 +124,12 @@ Handler = Callable[["LogServicer", Any, Principal], Awaitable[R]]
 _NOBODY = Principal("", "anonymous")
 
 
+def _aborted_code(context: Context) -> str:
+    """The status a handler's own ``context.abort`` set, as the metrics name it."""
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
 def _rpc(
     role: str,
 ) -> Callable[[Handler[R]], Callable[[LogServicer, Any, Context], Awaitable[R]]]:
@@ -160,7 +166,7 @@ def _rpc(
                 return answer
             except Exception as e:
                 if isinstance(e, grpc.aio.AbortError):
-                    code = "UNKNOWN"
+                    code = _aborted_code(context)
                     raise
                 status = _status_of(e)
                 code = status[0].name
@@ -490,7 +496,7 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             raise
         except Exception as e:
             if isinstance(e, grpc.aio.AbortError):
-                code = "UNKNOWN"
+                code = _aborted_code(context)
                 raise
             if context.cancelled() or isinstance(e, _WRITE_FAILED):
                 log.debug("GetEntries to %s ended: the client went away", context.peer())

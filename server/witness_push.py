@@ -124,8 +124,15 @@ class WitnessPusher:
         return self
 
     def push_stats(self) -> dict[str, PushStats]:
-        """Each URL's outcomes so far, by :func:`witness_label`."""
-        return {witness_label(url): stats for url, stats in self._stats.items()}
+        """Each URL's outcomes so far, by :func:`witness_label` (URLs that differ only in
+        credentials or query are added together)."""
+        out: dict[str, PushStats] = {}
+        for url, stats in self._stats.items():
+            total = out.setdefault(witness_label(url), PushStats())
+            total.outcomes.update(stats.outcomes)
+            if stats.last_success is not None:
+                total.last_success = max(total.last_success or 0.0, stats.last_success)
+        return out
 
     def stop(self) -> None:
         """Stop pushing; a request in flight is abandoned."""
@@ -198,7 +205,7 @@ class WitnessPusher:
             for url, result in zip(due, results, strict=True):
                 stats = self._stats[url]
                 if isinstance(result, BaseException):
-                    log.error("pushing to witness %s failed", url, exc_info=result)
+                    log.error("pushing to witness %s failed", witness_label(url), exc_info=result)
                 outcome = "error" if isinstance(result, BaseException) else result
                 stats.outcomes[outcome] += 1
                 if outcome == "ok":
@@ -214,7 +221,10 @@ class WitnessPusher:
             old = self._sizes.get(url, 0)
             if old > size:
                 log.error(
-                    "witness %s has size %d, beyond this log's %d: not pushing", url, old, size
+                    "witness %s has size %d, beyond this log's %d: not pushing",
+                    witness_label(url),
+                    old,
+                    size,
                 )
                 return "refused"
             try:
@@ -233,16 +243,18 @@ class WitnessPusher:
                         continue
                     except ValueError:
                         pass
-                log.warning("witness %s refused checkpoint %d: %s", url, size, e)
+                log.warning("witness %s refused checkpoint %d: %s", witness_label(url), size, e)
                 return "refused"
             except (aiohttp.ClientError, TimeoutError, OSError, SealogError) as e:
-                log.warning("witness %s unreachable: %s", url, str(e) or type(e).__name__)
+                log.warning(
+                    "witness %s unreachable: %s", witness_label(url), str(e) or type(e).__name__
+                )
                 return "unreachable"
             self._sizes[url] = size
             try:
                 await asyncio.to_thread(self._log.add_cosignature, note + lines)
             except SealogError as e:
-                log.warning("cosignature from witness %s not stored: %s", url, e)
+                log.warning("cosignature from witness %s not stored: %s", witness_label(url), e)
                 return "not_stored"
             return "ok"
         return "refused"
@@ -272,8 +284,12 @@ class WitnessPusher:
                 data += chunk
                 if len(data) > MAX_REQUEST_BYTES:
                     raise SealogError(
-                        f"witness {url}: answer longer than {MAX_REQUEST_BYTES} bytes"
+                        f"witness {witness_label(url)}: answer longer than "
+                        f"{MAX_REQUEST_BYTES} bytes"
                     )
             return check_add_checkpoint_answer(
-                url, response.status, response.headers.get("Content-Type", ""), bytes(data)
+                witness_label(url),
+                response.status,
+                response.headers.get("Content-Type", ""),
+                bytes(data),
             )
