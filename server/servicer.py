@@ -124,10 +124,50 @@ Handler = Callable[["LogServicer", Any, Principal], Awaitable[R]]
 _NOBODY = Principal("", "anonymous")
 
 
-def _aborted_code(context: Context) -> str:
-    """The status a handler's own ``context.abort`` set, as the metrics name it."""
-    code = context.code()
-    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+class _Outcome:
+    """How one observed call is going: who called, and the status it ends with."""
+
+    __slots__ = ("code", "principal", "rejection", "started")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.principal = _NOBODY
+        self.code = "CANCELLED"  # unless it ends otherwise
+        self.rejection = ""
+
+    def failed(self, context: Context, error: Exception) -> tuple[grpc.StatusCode, str] | None:
+        """Note why the call failed: the status to abort with, or None if the handler
+        aborted it itself (``context.abort``'s AbortError, to be raised on)."""
+        if isinstance(error, grpc.aio.AbortError):
+            code = context.code()
+            self.code = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            return None
+        status = _status_of(error)
+        self.code = status[0].name
+        self.rejection = _rejection(error)
+        return status
+
+    def record(
+        self,
+        observer: RpcObserver,
+        kind: str,
+        method: str,
+        context: Context,
+        request: Any,
+        response: Any,
+    ) -> None:
+        observer.record(
+            self.started,
+            kind,
+            method,
+            self.code,
+            context.peer(),
+            self.principal.identity,
+            self.principal.method,
+            self.rejection,
+            request,
+            response,
+        )
 
 
 def _rpc(
@@ -153,38 +193,20 @@ def _rpc(
                     if isinstance(e, grpc.aio.AbortError):  # raised by context.abort
                         raise
                     await _abort(context, e)
-            started = time.perf_counter()
-            principal = _NOBODY
+            outcome = _Outcome()
             response: R | None = None
-            code = "CANCELLED"  # unless it ends otherwise
-            rejection = ""
             try:
-                principal = self._authenticate(context)
-                self._auth.authorize(principal, role, action)
-                answer = await method(self, request, principal)
-                response, code = answer, "OK"
-                return answer
+                principal = self._admit(context, role, action, outcome)
+                response = await method(self, request, principal)
+                outcome.code = "OK"
+                return response
             except Exception as e:
-                if isinstance(e, grpc.aio.AbortError):
-                    code = _aborted_code(context)
+                status = outcome.failed(context, e)
+                if status is None:
                     raise
-                status = _status_of(e)
-                code = status[0].name
-                rejection = _rejection(e)
                 await _abort(context, e, status)
             finally:
-                observer.record(
-                    started,
-                    "unary",
-                    action,
-                    code,
-                    context.peer(),
-                    principal.identity,
-                    principal.method,
-                    rejection,
-                    request,
-                    response,
-                )
+                outcome.record(observer, "unary", action, context, request, response)
 
         return wrapper
 
@@ -311,17 +333,20 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             raise UnavailableError("the log is starting up (self-check in progress)", 1.0)
         return log
 
-    def _admit(self, context: Context, role: str, action: str) -> Principal:
-        """Who is calling, if they may ``action``; raise otherwise (or while stopping)."""
-        principal = self._authenticate(context)
-        self._auth.authorize(principal, role, action)
-        return principal
+    def _admit(
+        self, context: Context, role: str, action: str, outcome: _Outcome | None = None
+    ) -> Principal:
+        """Who is calling, if they may ``action``; raise otherwise (or while stopping).
 
-    def _authenticate(self, context: Context) -> Principal:
-        """Who is calling; raise if their credential is bad (or while stopping)."""
+        Once authenticated, the caller is noted in ``outcome`` even if not authorized.
+        """
         if self._draining:
             raise UnavailableError("the log is shutting down; retry shortly", 1.0)
-        return self._auth.authenticate(context)
+        principal = self._auth.authenticate(context)
+        if outcome is not None:
+            outcome.principal = principal
+        self._auth.authorize(principal, role, action)
+        return principal
 
     async def _in_thread(self, work: Callable[[], R]) -> R:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
@@ -455,14 +480,10 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         DEADLINE_EXCEEDED, queued behind it. A client that goes away ends it
         too, which is normal: logged at debug.
         """
-        started = time.perf_counter()
-        principal = _NOBODY
-        code = "CANCELLED"  # unless it ends otherwise
-        rejection = ""
+        outcome = _Outcome()
         sent = 0
         try:
-            principal = self._authenticate(context)
-            self._auth.authorize(principal, "read", "GetEntries")
+            self._admit(context, "read", "GetEntries", outcome)
             the_log = self._log
             settings = the_log.settings
             page_size = validate.check_entries_request(request, settings)
@@ -490,34 +511,23 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
                 if self._observer is not None:
                     sent += message.ByteSize()
                 await _write_page(context, message, settings.entry_stream_stall_s)
-            code = "OK"
+            outcome.code = "OK"
         except asyncio.CancelledError:
             log.debug("GetEntries from %s cancelled", context.peer())
             raise
         except Exception as e:
-            if isinstance(e, grpc.aio.AbortError):
-                code = _aborted_code(context)
-                raise
-            if context.cancelled() or isinstance(e, _WRITE_FAILED):
+            aborted = isinstance(e, grpc.aio.AbortError)
+            if not aborted and (context.cancelled() or isinstance(e, _WRITE_FAILED)):
                 log.debug("GetEntries to %s ended: the client went away", context.peer())
                 return
-            status = _status_of(e)
-            code = status[0].name
-            rejection = _rejection(e)
+            status = outcome.failed(context, e)
+            if status is None:
+                raise
             await _abort(context, e, status)
         finally:
             if self._observer is not None:
-                self._observer.record(
-                    started,
-                    "server_stream",
-                    "GetEntries",
-                    code,
-                    context.peer(),
-                    principal.identity,
-                    principal.method,
-                    rejection,
-                    request,
-                    sent,
+                outcome.record(
+                    self._observer, "server_stream", "GetEntries", context, request, sent
                 )
 
     @_rpc("read")

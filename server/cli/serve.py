@@ -255,7 +255,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_listen,
         access_log=AccessLog(handler, args.log_format) if args.access_log else None,
     )
-    host = args.listen.rsplit(":", 1)[0]
+    address, mtls_address, metrics_address = _bound_addresses(args, server)
     if args.tls_cert:
         transport = "TLS" + (
             " with client certificates" if args.tls_client_ca and not args.mtls_listen else ""
@@ -275,23 +275,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cp = open_checkpoint(server.log.latest_checkpoint(), server.signer.verifier()).checkpoint
     print(
         f"sealog: serving log {args.origin_name!r} from {Path(args.data_dir).resolve()}\n"
-        f"  address:      {host}:{server.port} ({transport})\n"
+        f"  address:      {address} ({transport})\n"
         f"  access:       {access}\n"
-        + (
-            f"  mutual TLS:   {args.mtls_listen.rsplit(':', 1)[0]}:{server.mtls_port}\n"
-            if args.mtls_listen
-            else ""
-        )
+        + (f"  mutual TLS:   {mtls_address}\n" if mtls_address else "")
         + f"  verifier key: {vkey}\n"
         f"  checkpoint:   size {cp.size}, root {encode_base64(cp.root_hash)}\n"
         + "".join(f"  witness:      {w.vkey}\n" for w in witnesses)
         + "".join(f"  pushing to:   {url}\n" for url in args.push_witness or ())
-        + (
-            f"  metrics:      http://{args.metrics_listen.rsplit(':', 1)[0]}:"
-            f"{server.metrics_listener.port}/metrics\n"
-            if server.metrics_listener is not None
-            else ""
-        )
+        + (f"  metrics:      http://{metrics_address}/metrics\n" if metrics_address else "")
         + "Stop with Ctrl-C (queued appends are committed first).",
         flush=True,
     )
@@ -312,7 +303,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 )
 
     signal.signal(signal.SIGHUP, on_hangup)
-    _log_start(args, server, settings, transport, access, cp.size)
+    _log_start(
+        args, server, settings, (address, mtls_address, metrics_address), transport, access, cp.size
+    )
     stop.wait()
     print("sealog: shutting down", flush=True)
     log.info(
@@ -325,35 +318,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bound_addresses(
+    args: argparse.Namespace, server: LogServer
+) -> tuple[str, str | None, str | None]:
+    """``HOST:PORT`` with the port bound, of the main port, the mutual TLS port and the
+    metrics listener (None for those not served)."""
+
+    def bound(address: str, port: int) -> str:
+        return f"{address.rsplit(':', 1)[0]}:{port}"
+
+    listener = server.metrics_listener
+    return (
+        bound(args.listen, server.port),
+        bound(args.mtls_listen, server.mtls_port) if server.mtls_port is not None else None,
+        bound(args.metrics_listen, listener.port) if listener is not None else None,
+    )
+
+
 def _log_start(
     args: argparse.Namespace,
     server: LogServer,
     settings: Settings,
+    addresses: tuple[str, str | None, str | None],
     transport: str,
     access: str,
     size: int,
 ) -> None:
     """Two lines in the log: what was opened, and every setting in force."""
-    listener = server.metrics_listener
+    address, mtls_address, metrics_address = addresses
     log.info(
         "serving",
         extra={
             "fields": {
                 "origin": args.origin_name,
                 "data_dir": str(Path(args.data_dir).resolve()),
-                "address": f"{args.listen.rsplit(':', 1)[0]}:{server.port}",
+                "address": address,
                 "transport": transport,
-                "mtls_address": f"{args.mtls_listen.rsplit(':', 1)[0]}:{server.mtls_port}"
-                if args.mtls_listen
-                else None,
+                "mtls_address": mtls_address,
                 "access": access,
                 "verifier_key": server.signer.verifier().vkey,
                 "tree_size": size,
                 "witnesses": len(server.log.witnesses),
                 "push_witnesses": len(args.push_witness or ()),
-                "metrics": f"{args.metrics_listen.rsplit(':', 1)[0]}:{listener.port}"
-                if listener is not None
-                else None,
+                "metrics": metrics_address,
                 "access_log": bool(args.access_log),
                 "log_format": args.log_format,
             }
