@@ -51,7 +51,13 @@ def root_logging() -> Iterator[None]:
 def json_lines(text: str) -> list[dict[str, Any]]:
     lines = text.splitlines()
     assert lines
-    return [json.loads(line) for line in lines]  # every line parses
+    parsed = []
+    for line in lines:  # every line parses
+        try:
+            parsed.append(json.loads(line))
+        except ValueError as e:
+            raise AssertionError(f"not a JSON line: {line!r}") from e
+    return parsed
 
 
 class _Logged:
