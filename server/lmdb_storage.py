@@ -71,6 +71,7 @@ from sealog.server.storage import (
     META_COSIGNATURES,
     META_FORMAT,
     META_INDEXED_UPTO,
+    META_PRUNED_BELOW,
     META_SIZE,
     RetryBatchError,
     StorageCorruptError,
@@ -362,6 +363,11 @@ class _Txn:
     def indexed_upto(self) -> int:
         value = self._txn.get(META_INDEXED_UPTO, db=self._s._meta)
         return 0 if value is None else _stored_index(value, "meta[indexed_upto]")
+
+    @_reads
+    def pruned_below(self) -> int:
+        value = self._txn.get(META_PRUNED_BELOW, db=self._s._meta)
+        return 0 if value is None else _stored_index(value, "meta[pruned_below]")
 
     @_reads
     def meta(self, key: bytes) -> bytes | None:

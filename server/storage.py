@@ -39,6 +39,7 @@ __all__ = [
     "META_FORMAT",
     "META_INDEXED_UPTO",
     "META_ORIGIN",
+    "META_PRUNED_BELOW",
     "META_SIZE",
     "FsckSnapshot",
     "ReadSnapshot",
@@ -62,6 +63,8 @@ META_SIZE = b"size"
 """Metadata key: the size of the stored checkpoint's tree (8 bytes, big-endian)."""
 META_INDEXED_UPTO = b"indexed_upto"
 """Metadata key: the leaf-hash and idempotency indexes hold every leaf below this (8 bytes)."""
+META_PRUNED_BELOW = b"pruned_below"
+"""Metadata key: the contents of every leaf below this index were pruned (8 bytes); absent: 0."""
 FORMAT_VERSION = b"sealog-lmdb-3"
 """The storage format this code reads and writes."""
 DIGEST_BYTES = 12
@@ -105,6 +108,11 @@ class ReadSnapshot(Protocol):
 
     def meta(self, key: bytes) -> bytes | None:
         """A value from the metadata table."""
+        ...
+
+    def pruned_below(self) -> int:
+        """The contents (leaf bytes) of every leaf below this index were pruned by the
+        retention policy; their leaf hashes and the tree stay. 0 when none were."""
         ...
 
     def cosignatures(self) -> bytes | None:

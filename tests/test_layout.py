@@ -39,6 +39,7 @@ CORE_MODULES = frozenset(
         "answers",
         "note_keys",
         "_encoding",
+        "tiles",
     )
 )
 
