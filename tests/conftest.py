@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from e2e_support import OpenLog, RunningLog, Serve, ServeProcess
 from hypothesis import settings as hypothesis_settings
+from s3_support import S3Server
 
 from sealog.client.log_client import LogClient
 from sealog.server.config import Settings
@@ -86,3 +87,12 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     yield factory
     for proc in procs:
         proc.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS) on loopback, one per test worker; give
+    each test its own bucket (``s3_server.make_bucket()``)."""
+    server = S3Server.start(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()

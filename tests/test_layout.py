@@ -72,6 +72,8 @@ _CLIENT_THIRD_PARTY = _CORE_THIRD_PARTY | {
     "google.protobuf",
     "google.rpc",
     "aiohttp",
+    "boto3",
+    "botocore",
 }
 _SERVER_THIRD_PARTY = _CLIENT_THIRD_PARTY | {
     "lmdb",
