@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -224,8 +225,10 @@ def _closing(error: web.HTTPException) -> web.HTTPException:
 class HttpServer:
     """An :class:`aiohttp.web.Application` on ``(host, port)`` under :class:`HttpLimits`.
 
-    Runs on an event loop of its own thread (:meth:`start`, :meth:`stop`);
-    port 0 picks one (see :attr:`port`).
+    Runs on an event loop of its own thread (:meth:`start`, :meth:`stop`), or on the
+    running loop of its caller (:meth:`open`, :meth:`close`); port 0 picks one (see
+    :attr:`port`). With ``ssl_context`` it serves HTTPS; a TLS handshake must end within
+    ``header_timeout_s``.
     """
 
     def __init__(
@@ -236,8 +239,10 @@ class HttpServer:
         limits: HttpLimits | None = None,
         *,
         name: str = "sealog-http",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.app = app
+        self._ssl = ssl_context
         self.host = host
         self.limits = limits or HttpLimits()
         self.connections: set[_GuardedConnection] = set()
@@ -284,7 +289,12 @@ class HttpServer:
 
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            connection, self.host, self._requested_port, backlog=self.limits.max_connections
+            connection,
+            self.host,
+            self._requested_port,
+            backlog=self.limits.max_connections,
+            ssl=self._ssl,
+            ssl_handshake_timeout=self.limits.header_timeout_s if self._ssl else None,
         )
         self._runner = runner
         self.port = int(self._server.sockets[0].getsockname()[1])
@@ -297,6 +307,15 @@ class HttpServer:
                 connection._transport.abort()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def open(self) -> HttpServer:
+        """Listen and serve on the running event loop; return once the port is bound."""
+        await self._open()
+        return self
+
+    async def close(self) -> None:
+        """Undo :meth:`open`: close the listening socket and every connection."""
+        await self._close()
 
     def start(self) -> HttpServer:
         """Listen and serve on a background thread; return once the port is bound."""

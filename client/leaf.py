@@ -27,6 +27,7 @@ from sealog.client.errors import LeafFormatError
 from sealog.client.hashing import leaf_hash
 
 __all__ = [
+    "LEAF_FIXED_BYTES",
     "LEAF_VERSION",
     "MAX_IDENTITY_BYTES",
     "MAX_PAYLOAD_BYTES",
@@ -46,6 +47,8 @@ _LEN = struct.Struct(">I")
 _IDENTITY_LENGTH_AT = 9
 _IDENTITY_AT = _HEAD.size
 _MIN_SIZE = _HEAD.size + _LEN.size
+LEAF_FIXED_BYTES = _MIN_SIZE
+"""A leaf's bytes beyond its identity and payload: version, time and the two lengths (15)."""
 _MAX_MS = (1 << 64) - 1
 
 

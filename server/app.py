@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer  # reflection.aio's, typed
 
 from sealog.client.cosignature import CosignatureVerifier
+from sealog.client.http_serve import HttpLimits, HttpServer
 from sealog.client.keyfile import read_key_file
 from sealog.client.note import Ed25519Signer
 from sealog.server.access_log import AccessLog
@@ -38,6 +39,7 @@ from sealog.server.rpc_observer import RpcObserver
 from sealog.server.safe_decode import add_service
 from sealog.server.servicer import SERVICE_NAME, LogServicer
 from sealog.server.storage import StorageCorruptError
+from sealog.server.tile_http import TileService, tiles_ssl_context
 from sealog.server.tls import is_loopback, server_credentials
 from sealog.server.witness_push import DEFAULT_PUSH_INTERVAL_S, WitnessPusher
 from sealog.v1 import log_pb2, log_pb2_grpc
@@ -200,6 +202,31 @@ def _listen(server: grpc.aio.Server, address: str, tls: TlsFiles | None, *, mtls
     return port
 
 
+def _tiles_server(
+    service: TileService, address: str, tls: TlsFiles | None, settings: Settings
+) -> HttpServer:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"tiles address {address!r}: want HOST:PORT")
+    limits = HttpLimits(
+        max_connections=settings.tiles_max_connections,
+        max_requests=max(1, settings.tiles_max_connections // 4),
+    )
+    context = (
+        tiles_ssl_context(tls.cert_file, tls.key_file, tls.client_ca_file)
+        if tls is not None
+        else None
+    )
+    return HttpServer(
+        service.app(),
+        host.strip("[]"),
+        int(port),
+        limits,
+        name="sealog-tiles",
+        ssl_context=context,
+    )
+
+
 @dataclass
 class LogServer:
     """A started gRPC server for one log. Use :meth:`open`, then :meth:`stop`."""
@@ -222,6 +249,9 @@ class LogServer:
     metrics_listener: MetricsListener | None = None
     """Serves ``/metrics`` (``metrics_address``); its ``port`` is the one bound."""
     observer: RpcObserver | None = None
+    tiles: HttpServer | None = None
+    """The tlog-tiles listener (``tiles_address``); its ``port`` is the one bound."""
+    tile_service: TileService | None = None
 
     @classmethod
     def open(
@@ -244,6 +274,8 @@ class LogServer:
         metrics_address: str | None = None,
         access_log: AccessLog | None = None,
         reflection: bool = True,
+        tiles_address: str | None = None,
+        tiles_prefix: str = "",
     ) -> LogServer:
         """Open the log in ``data_dir`` and serve it on ``address``.
 
@@ -280,12 +312,28 @@ class LogServer:
         ``reflection`` serves gRPC server reflection on every port, so tools
         such as grpcurl can list the services and their messages
         (:func:`reflected_services`); it reveals the schema, nothing of the log.
+
+        ``tiles_address`` serves the log as c2sp.org/tlog-tiles over HTTP
+        (:mod:`sealog.server.tile_http`, below ``tiles_prefix``) on the gRPC
+        server's event loop; with ``tls`` it is HTTPS with the same certificate,
+        and client certificates from the client CA are accepted (not required).
         """
         if tls is None and not allow_insecure_remote and not is_loopback(address):
             raise ValueError(
                 f"refusing to serve plaintext gRPC on {address}, which is not a loopback "
                 "address: give a TLS certificate and key (--tls-cert, --tls-key), or "
                 "--insecure-allow-remote if something else encrypts the traffic"
+            )
+        if (
+            tiles_address is not None
+            and tls is None
+            and not allow_insecure_remote
+            and not is_loopback(tiles_address)
+        ):
+            raise ValueError(
+                f"refusing to serve plaintext HTTP tiles on {tiles_address}, which is not a "
+                "loopback address: give a TLS certificate and key (--tls-cert, --tls-key), "
+                "or --insecure-allow-remote if something else encrypts the traffic"
             )
         folder = DataFolder.lock(data_dir)  # before anything else is opened
         try:
@@ -306,6 +354,8 @@ class LogServer:
                 metrics_address=metrics_address,
                 access_log=access_log,
                 reflection=reflection,
+                tiles_address=tiles_address,
+                tiles_prefix=tiles_prefix,
             )
         except BaseException:
             folder.release()
@@ -331,6 +381,8 @@ class LogServer:
         metrics_address: str | None,
         access_log: AccessLog | None,
         reflection: bool,
+        tiles_address: str | None,
+        tiles_prefix: str,
     ) -> LogServer:
         auth = Authenticator(policy_file)
         # Everything the folder must hold is checked before anything is created
@@ -446,7 +498,25 @@ class LogServer:
 
         pusher: WitnessPusher | None = None
         listener: MetricsListener | None = None
+        tiles: HttpServer | None = None
+        tile_service: TileService | None = None
         try:
+            if tiles_address is not None:  # bound before the health service says SERVING
+                tile_service = TileService(
+                    the_log,
+                    auth,
+                    prefix=tiles_prefix,
+                    cache_bytes=settings.tiles_cache_bytes,
+                    executor=executor,
+                    observer=observer,
+                )
+                tiles = _tiles_server(tile_service, tiles_address, tls, settings)
+                try:
+                    loop.run(tiles.open())
+                except OSError as e:
+                    raise OSError(
+                        f"cannot serve tiles on {tiles_address}: {e.strerror or e}"
+                    ) from e
             if metrics is not None:  # bound before the health service says SERVING
                 assert metrics_address is not None
                 metrics.watch(the_log, storage)
@@ -469,6 +539,8 @@ class LogServer:
             # lock is released by the caller, so its writer must be gone first.
             if listener is not None:
                 listener.stop()
+            if tiles is not None:
+                loop.run(tiles.close())
             if pusher is not None:
                 pusher.stop()
             loop.run(server.stop(None))
@@ -496,6 +568,8 @@ class LogServer:
             metrics,
             listener,
             observer,
+            tiles=tiles,
+            tile_service=tile_service,
         )
 
     def enter_graceful_shutdown(self) -> None:
@@ -513,6 +587,8 @@ class LogServer:
         self.enter_graceful_shutdown()
         if self.metrics_listener is not None:
             self.metrics_listener.stop()  # no scrape reads the log once it closes
+        if self.tiles is not None:
+            self.loop.run(self.tiles.close())  # nor a tile request
         if self.servicer is not None:
             self.servicer.drain()
             time.sleep(DRAIN_S)

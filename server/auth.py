@@ -72,20 +72,29 @@ class Authenticator:
         self, context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]
     ) -> Principal:
         """Establish who is calling; raise :class:`UnauthenticatedError` for a bad API key."""
-        policy = self._policy
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str):
-                if not value.lower().startswith(_BEARER):
-                    raise UnauthenticatedError("authorization metadata: want 'Bearer <API key>'")
-                token = value[len(_BEARER) :].strip()
-                identity = policy.identity_for_api_key(token) if policy is not None else None
-                if identity is None:
-                    raise UnauthenticatedError("the API key is not valid for this log")
-                return Principal(identity, "api_key")
+                return self.authenticate_credentials(value, None)
         certs = context.auth_context().get("x509_pem_cert")
-        if certs:
-            first = certs if isinstance(certs, bytes) else next(iter(certs))
-            identity = identity_from_certificate(first)
+        first = (certs if isinstance(certs, bytes) else next(iter(certs))) if certs else None
+        return self.authenticate_credentials(None, first)
+
+    def authenticate_credentials(
+        self, authorization: str | None, certificate_pem: bytes | None
+    ) -> Principal:
+        """Who presents this ``authorization`` value (gRPC metadata or the HTTP header of
+        that name: ``Bearer <API key>``) or, without one, this verified client certificate."""
+        if authorization is not None:
+            if not authorization.lower().startswith(_BEARER):
+                raise UnauthenticatedError("authorization metadata: want 'Bearer <API key>'")
+            token = authorization[len(_BEARER) :].strip()
+            policy = self._policy
+            identity = policy.identity_for_api_key(token) if policy is not None else None
+            if identity is None:
+                raise UnauthenticatedError("the API key is not valid for this log")
+            return Principal(identity, "api_key")
+        if certificate_pem:
+            identity = identity_from_certificate(certificate_pem)
             _check_certificate_identity(identity)
             return Principal(identity, "mtls")
         return Principal("", "anonymous")

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Settings"]
+from sealog.client.leaf import LEAF_FIXED_BYTES, MAX_IDENTITY_BYTES
+from sealog.client.tiles import MAX_BUNDLE_LEAF_BYTES
+
+__all__ = ["MAX_ENTRY_BYTES", "Settings"]
+
+MAX_ENTRY_BYTES = MAX_BUNDLE_LEAF_BYTES - LEAF_FIXED_BYTES - MAX_IDENTITY_BYTES
+"""The largest payload any leaf may hold (64,496 bytes): with the longest identity, its
+leaf is 65,535 bytes, the most a tlog-tiles entry bundle's uint16 length can say."""
 
 
 @dataclass(frozen=True)
 class Settings:
     """Every bound the server enforces; the defaults suit one machine."""
 
-    max_entry_bytes: int = 64 * 1024
-    """Largest payload of one entry (RESOURCE_EXHAUSTED above)."""
+    max_entry_bytes: int = MAX_ENTRY_BYTES
+    """Largest payload of one entry (RESOURCE_EXHAUSTED above); at most
+    :data:`MAX_ENTRY_BYTES`, so every leaf fits an entry bundle."""
     max_request_entries: int = 1000
     """Most entries in one Append request (INVALID_ARGUMENT above)."""
     max_message_bytes: int = 80 * 1024 * 1024
@@ -85,11 +93,23 @@ class Settings:
     """The server pings a connection with calls open after this long without traffic..."""
     keepalive_timeout_s: float = 20.0
     """...and closes it if the ping is not answered in this long (a vanished peer)."""
+    tiles_cache_bytes: int = 32 * 1024 * 1024
+    """Memory for the full hash tiles the tlog-tiles listener served last (they never
+    change): a hot tile is answered without reading storage (docs/tiles.md)."""
+    tiles_max_connections: int = 1024
+    """TCP connections the tlog-tiles listener keeps open; more are answered 503."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
             if value < 0 or (value == 0 and name not in ("batch_max_wait_ms", "batch_linger_ms")):
                 raise ValueError(f"Settings.{name}: {value}, want > 0")
+        if self.max_entry_bytes > MAX_ENTRY_BYTES:
+            raise ValueError(
+                f"Settings.max_entry_bytes: {self.max_entry_bytes}, want <= {MAX_ENTRY_BYTES}: "
+                f"a leaf (payload, identity of up to {MAX_IDENTITY_BYTES} bytes and "
+                f"{LEAF_FIXED_BYTES} bytes of header) must fit the {MAX_BUNDLE_LEAF_BYTES} "
+                "bytes a tlog-tiles entry bundle allows (docs/tiles.md)"
+            )
         page = self.max_page_size * (self.max_entry_bytes + 64)
         if page > self.max_message_bytes:
             raise ValueError(

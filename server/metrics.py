@@ -169,6 +169,19 @@ class ServerMetrics:
             "Access log lines dropped because the log output could not keep up",
             registry=r,
         )
+        self.tile_requests = Counter(
+            "sealog_tile_requests",
+            "Requests to the tlog-tiles listener, by resource (checkpoint, tile/<L>, "
+            "tile/entries, other) and HTTP status",
+            ["resource", "code"],
+            registry=r,
+        )
+        self.tile_sent_bytes = Counter(
+            "sealog_tile_sent_bytes",
+            "Bytes of tlog-tiles response bodies (before any compression), by resource",
+            ["resource"],
+            registry=r,
+        )
         self.started = Gauge(
             "sealog_start_time_seconds",
             "When this server started (Unix time)",
@@ -198,7 +211,15 @@ class ServerMetrics:
         handled: Tally[tuple[str, str, str]] = Tally()
         received: Tally[str] = Tally()
         sent: Tally[str] = Tally()
+        tiles: Tally[tuple[str, str]] = Tally()
+        tile_bytes: Tally[str] = Tally()
         for r in records:
+            if r.kind == "http":  # the tlog-tiles listener (sealog.server.tile_http)
+                tiles[(r.method, r.code)] += 1
+                tile_bytes[r.method] += r.response_bytes
+                if r.rejection:
+                    self.auth_rejections.labels(r.rejection).inc()
+                continue
             handled[(r.kind, r.method, r.code)] += 1
             received[r.method] += r.request_bytes
             sent[r.method] += r.response_bytes
@@ -213,6 +234,10 @@ class ServerMetrics:
             self.received_bytes.labels(method).inc(count)
         for method, count in sent.items():
             self.sent_bytes.labels(method).inc(count)
+        for (resource, code), count in tiles.items():
+            self.tile_requests.labels(resource, code).inc(count)
+        for resource, count in tile_bytes.items():
+            self.tile_sent_bytes.labels(resource).inc(count)
 
     # --- read when scraped -------------------------------------------------
     def watch(self, the_log: Log, storage: LmdbStorage) -> None:

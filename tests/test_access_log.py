@@ -187,7 +187,7 @@ def test_serve_logs_json_start_access_and_shutdown(serve: Serve, tmp_path: Path)
     assert serving["access_log"] is True and serving["metrics"] is None
     assert serving["verifier_key"] == proc.vkey
     settings = next(x for x in lines if x["message"] == "settings")
-    assert settings["max_entry_bytes"] == 64 * 1024
+    assert settings["max_entry_bytes"] == 64496
     assert any(x["logger"] == "sealog.access" and x["method"] == "Append" for x in lines)
     stopped = next(x for x in lines if x["message"] == "stopped")
     assert stopped["tree_size"] == 1

@@ -74,7 +74,7 @@ PRECEDENCE = [
         2000,
         ["--max-entry-bytes", "3000"],
         3000,
-        65536,
+        64496,
         id="int",
     ),
     pytest.param(
@@ -147,10 +147,10 @@ def test_a_flag_given_with_its_default_value_still_wins(tmp_path: Path) -> None:
     env = {"SEALOG_MAX_ENTRY_BYTES": "20", "SEALOG_LISTEN": "10.0.0.2:2"}
 
     result = effective(
-        "--config", config, "--max-entry-bytes", "65536", "--listen", "127.0.0.1:6962", env=env
+        "--config", config, "--max-entry-bytes", "64496", "--listen", "127.0.0.1:6962", env=env
     )
 
-    assert result.args.max_entry_bytes == 65536
+    assert result.args.max_entry_bytes == 64496
     assert result.args.listen == "127.0.0.1:6962"
     assert {s.option.key: s.source for s in result.settings}["max_entry_bytes"] == "flag"
 
@@ -331,7 +331,7 @@ def test_an_unknown_sealog_variable_is_warned_about_by_name_only(
     with caplog.at_level(logging.WARNING):
         result = effective(env=env)
 
-    assert result.args.max_entry_bytes == 65536
+    assert result.args.max_entry_bytes == 64496
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("$SEALOG_FOO is not a sealog serve setting" in w for w in warnings)
     assert any("(did you mean SEALOG_MAX_ENTRY_BYTES?)" in w for w in warnings)
@@ -374,7 +374,7 @@ def test_print_config_lists_every_serve_option(capsys: pytest.CaptureFixture[str
     ]
     want = [s[2:].replace("-", "_") for s in longs if s not in ("--config", "--print-config")]
     assert listed == want
-    assert "max_entry_bytes = 65536  # default\n" in out
+    assert "max_entry_bytes = 64496  # default\n" in out
     assert "# tls_cert = ...  # default: unset\n" in out
 
 

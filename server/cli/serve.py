@@ -90,6 +90,15 @@ _SETTINGS_FLAGS: tuple[tuple[str, str], ...] = (
         "idle_connection_timeout_s",
         "close a connection with no call open for this long (default %(default)s)",
     ),
+    (
+        "tiles_cache_bytes",
+        "memory for the full hash tiles --tiles-listen served last, answered again without "
+        "a storage read (default %(default)s)",
+    ),
+    (
+        "tiles_max_connections",
+        "TCP connections --tiles-listen keeps open; more are answered 503 (default %(default)s)",
+    ),
 )
 """The :class:`Settings` fields serve takes as flags (``--max-entry-bytes`` for
 ``max_entry_bytes``, of the field's type and default), in the order --help lists them."""
@@ -189,6 +198,21 @@ def add_serve(commands: Commands) -> None:
         "(docs/operations.md, 'Metrics'; default: off). They name no identity or payload; "
         "keep the address private all the same",
     )
+    p.add_argument(
+        "--tiles-listen",
+        metavar="HOST:PORT",
+        help="also serve the log as C2SP tlog-tiles over HTTP here (checkpoint, hash tiles, "
+        "entry bundles; docs/tiles.md; default: off). HTTPS with --tls-cert; hash tiles and "
+        "the checkpoint are public, entry bundles need the read role (API key or, with "
+        "--tls-client-ca, a client certificate)",
+    )
+    p.add_argument(
+        "--tiles-prefix",
+        default="",
+        metavar="PATH",
+        help="URL path the tiles are served below, e.g. /mylog/ for "
+        "http://HOST:PORT/mylog/checkpoint (default: the root)",
+    )
     add_log_format_option(p)
     p.add_argument(
         "--no-access-log",
@@ -254,6 +278,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reflection=args.reflection,
         metrics_address=args.metrics_listen,
         access_log=AccessLog(handler, args.log_format) if args.access_log else None,
+        tiles_address=args.tiles_listen,
+        tiles_prefix=args.tiles_prefix,
     )
     address, mtls_address, metrics_address = _bound_addresses(args, server)
     if args.tls_cert:
@@ -283,6 +309,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         + "".join(f"  witness:      {w.vkey}\n" for w in witnesses)
         + "".join(f"  pushing to:   {url}\n" for url in args.push_witness or ())
         + (f"  metrics:      http://{metrics_address}/metrics\n" if metrics_address else "")
+        + (f"  tiles:        {_tiles_url(args, server)}\n" if server.tiles is not None else "")
         + "Stop with Ctrl-C (queued appends are committed first).",
         flush=True,
     )
@@ -316,6 +343,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     size = open_checkpoint(server.log.latest_checkpoint(), server.signer.verifier()).checkpoint.size
     log.info("stopped", extra={"fields": {"tree_size": size}})
     return 0
+
+
+def _tiles_url(args: argparse.Namespace, server: LogServer) -> str:
+    """The URL prefix of the tlog-tiles listener, with the port bound."""
+    assert server.tiles is not None and server.tile_service is not None
+    host = args.tiles_listen.rsplit(":", 1)[0]
+    scheme = "https" if args.tls_cert else "http"
+    return f"{scheme}://{host}:{server.tiles.port}{server.tile_service.prefix}"
 
 
 def _bound_addresses(
@@ -361,6 +396,7 @@ def _log_start(
                 "witnesses": len(server.log.witnesses),
                 "push_witnesses": len(args.push_witness or ()),
                 "metrics": metrics_address,
+                "tiles": _tiles_url(args, server) if server.tiles is not None else None,
                 "access_log": bool(args.access_log),
                 "log_format": args.log_format,
             }
